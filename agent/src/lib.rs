@@ -1,0 +1,1 @@
+//! tether: cookie-pinned HTTP sessions and graceful drain, in userspace and in the kernel.

@@ -1,0 +1,1 @@
+//! Support for tether's integration tests.
