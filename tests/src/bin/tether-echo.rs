@@ -89,13 +89,18 @@ async fn answer(
         response
             .headers_mut()
             .insert(CONNECTION, "upgrade".parse().expect("static header"));
-        response.headers_mut().insert("x-pod", name.parse().expect("pod name"));
+        response
+            .headers_mut()
+            .insert("x-pod", name.parse().expect("pod name"));
         return Ok(response);
     }
     let body = if request.uri().path().starts_with("/headers") {
         let mut text = String::from_utf8_lossy(&greeting).into_owned();
         for (key, value) in request.headers() {
-            text.push_str(&format!("{key}: {}\n", value.to_str().unwrap_or("<binary>")));
+            text.push_str(&format!(
+                "{key}: {}\n",
+                value.to_str().unwrap_or("<binary>")
+            ));
         }
         Bytes::from(text)
     } else {
@@ -104,7 +109,9 @@ async fn answer(
         greeting
     };
     let mut response = Response::new(Full::new(body));
-    response.headers_mut().insert("x-pod", name.parse().expect("pod name"));
+    response
+        .headers_mut()
+        .insert("x-pod", name.parse().expect("pod name"));
     Ok(response)
 }
 

@@ -1,0 +1,217 @@
+//! The model: plain, validated data that every source builds and every consumer reads.
+//!
+//! A source (the YAML file, later the Kubernetes reflectors) builds a [`Model`]; the proxy
+//! and the dataplane mirror consume it. Nothing here does I/O.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Kong's default weight for a target.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Kong's upper bound for a target weight.
+pub const MAX_WEIGHT: u32 = 65_535;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub proxy: Option<ProxySettings>,
+    pub admin: Option<AdminSettings>,
+    pub session_key: Option<PathBuf>,
+    pub routes: Vec<Route>,
+    /// Keyed by service name; a BTreeMap so iteration (and therefore logs and diffs) is stable.
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub timeouts: ProxyTimeouts,
+    /// Largest request head (request line plus headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProxyTimeouts {
+    /// A client must send its whole request head within this time (slowloris guard).
+    pub header_read: Duration,
+    /// Connecting to a target.
+    pub connect: Duration,
+    /// From sending the request to a target until its response head arrives.
+    pub response: Duration,
+}
+
+impl Default for ProxyTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(60),
+        }
+    }
+}
+
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub host: Option<HostMatch>,
+    pub path: PathMatch,
+    pub service: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `example.com`: that host only (case-insensitive, port ignored).
+    Exact(String),
+    /// `*.example.com`: any single label in front of `.example.com`.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with these path elements (`/echo` matches `/echo` and `/echo/x`, not `/echoes`).
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub balancing: Balancing,
+    pub targets: Vec<Target>,
+}
+
+/// How a service spreads requests: KongUpstreamPolicy's `algorithm` and its options.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Balancing {
+    /// Weighted round-robin over active targets.
+    RoundRobin,
+    /// Weighted round-robin for new sessions; a signed cookie pins each session to its target.
+    StickySessions(SessionCookie),
+    /// Fewest requests in flight among active targets, weighted.
+    LeastConnections,
+    /// A hash of a request attribute picks the target (consistent while the target set is stable).
+    ConsistentHashing {
+        hash_on: HashOn,
+        fallback: Option<HashOn>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    ClientIp,
+    Path,
+    Header(String),
+    Cookie { name: String, path: String },
+    QueryArg(String),
+}
+
+/// The session cookie: its name and attributes, and the lifetimes tether enforces itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionCookie {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub http_only: bool,
+    pub secure: bool,
+    pub same_site: Option<SameSite>,
+    /// Leave out `SameSite=None` for browsers known to reject it (ingress-nginx's option).
+    pub conditional_same_site_none: bool,
+    /// `Max-Age` attribute (browser side only).
+    pub max_age: Option<Duration>,
+    /// `Expires` attribute, written as now + this (browser side only).
+    pub expires: Option<Duration>,
+    /// A session older than this (from its first pin) is over: enforced from the cookie itself.
+    pub absolute_timeout: Option<Duration>,
+    /// A session unused for this long is over: enforced from the cookie itself.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl SessionCookie {
+    /// Kong's defaults for a `stickySessions` cookie, plus HttpOnly (ingress-nginx always sets it).
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            path: "/".into(),
+            domain: None,
+            http_only: true,
+            secure: false,
+            same_site: None,
+            conditional_same_site_none: false,
+            max_age: None,
+            expires: None,
+            absolute_timeout: None,
+            idle_timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub address: SocketAddr,
+    /// Relative share of new sessions among active targets.
+    pub weight: u32,
+    pub state: TargetState,
+}
+
+impl Target {
+    /// A file-configured target: weight 0 means draining, as in Kong.
+    pub fn from_weight(address: SocketAddr, weight: u32) -> Self {
+        let state = if weight == 0 {
+            TargetState::Draining
+        } else {
+            TargetState::Active
+        };
+        Self {
+            address,
+            weight,
+            state,
+        }
+    }
+
+    /// Whether new sessions and new flows may go here.
+    pub fn takes_new_sessions(&self) -> bool {
+        self.state == TargetState::Active && self.weight > 0
+    }
+}
+
+/// Kept in the target itself (as Cilium keeps backend state in the backend entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetState {
+    /// Takes new sessions and keeps existing ones.
+    Active,
+    /// Keeps existing sessions and flows, takes no new ones.
+    Draining,
+}
+
+impl TargetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Active => "active",
+            TargetState::Draining => "draining",
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The proxy's compiled view of a [`Model`]: routes sorted for matching, each service's
+//! targets with their cookie tags, balancer state and metric handles.
+//!
+//! A `Tables` is immutable once built and swapped in whole; a request keeps the one it started
+//! with, so a reload never changes the rules under an in-flight request.
+use crate::maglev::{self, Maglev};
+use crate::metrics::{
+    CookieLabels, CookieRejection, FailureKind, FailureLabels, Metrics, RepinLabels, RepinReason,
+    TargetLabels,
+};
+use crate::model::{
+    Balancing, HashOn, HostMatch, Model, PathMatch, ProxyTimeouts, TargetState,
+    DEFAULT_MAX_HEADER_BYTES,
+};
+use crate::sticky::cookie::{CookieCodec, Lifetimes, Rejected, TargetTag};
+use crate::sticky::select::{self, Candidate, PinnedTo, WeightedRoundRobin};
+use crate::sticky::set_cookie::CookieTemplate;
+use prometheus_client::metrics::counter::Counter;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+pub struct Tables {
+    pub generation: u64,
+    pub timeouts: ProxyTimeouts,
+    pub max_header_bytes: usize,
+    routes: Vec<CompiledRoute>,
+    services: Vec<ServiceTable>,
+}
+
+struct CompiledRoute {
+    host: Option<HostMatch>,
+    path: PathMatch,
+    service: usize,
+}
+
+impl Tables {
+    pub fn build(model: &Model, codec: &CookieCodec, metrics: &Metrics, generation: u64) -> Self {
+        let services: Vec<ServiceTable> = model
+            .services
+            .values()
+            .map(|service| ServiceTable::build(service, codec, metrics, generation))
+            .collect();
+        let index_of = |name: &str| services.iter().position(|s| &*s.name == name);
+        let mut routes: Vec<(usize, CompiledRoute)> = model
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(order, route)| {
+                Some((
+                    order,
+                    CompiledRoute {
+                        host: route.host.clone(),
+                        path: route.path.clone(),
+                        service: index_of(&route.service)?,
+                    },
+                ))
+            })
+            .collect();
+        // Most specific first: exact host, wildcard host, any host; then exact path, then the
+        // longest prefix; ties keep the file's order.
+        routes.sort_by_key(|(order, route)| {
+            let host_rank = match &route.host {
+                Some(HostMatch::Exact(_)) => 0,
+                Some(HostMatch::Wildcard(suffix)) => 1000 - suffix.len().min(999),
+                None => 2000,
+            };
+            let path_rank = match &route.path {
+                PathMatch::Exact(_) => 0,
+                PathMatch::Prefix(prefix) => 100_000 - prefix.len().min(99_999),
+            };
+            (host_rank, path_rank, *order)
+        });
+        let (timeouts, max_header_bytes) = model
+            .proxy
+            .as_ref()
+            .map(|p| (p.timeouts, p.max_header_bytes))
+            .unwrap_or((ProxyTimeouts::default(), DEFAULT_MAX_HEADER_BYTES));
+        Self {
+            generation,
+            timeouts,
+            max_header_bytes,
+            routes: routes.into_iter().map(|(_, route)| route).collect(),
+            services,
+        }
+    }
+
+    /// The service for a request to `host` (lowercase, no port) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&ServiceTable> {
+        self.routes
+            .iter()
+            .find(|route| {
+                host_matches(route.host.as_ref(), host) && path_matches(&route.path, path)
+            })
+            .map(|route| &self.services[route.service])
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceTable> {
+        self.services.iter().find(|s| &*s.name == name)
+    }
+}
+
+fn host_matches(rule: Option<&HostMatch>, host: Option<&str>) -> bool {
+    match (rule, host) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(HostMatch::Exact(exact)), Some(host)) => exact == host,
+        (Some(HostMatch::Wildcard(suffix)), Some(host)) => host
+            .strip_suffix(suffix.as_str())
+            .and_then(|label| label.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+    }
+}
+
+/// Path-element prefixes, as Kubernetes and Gateway API define them.
+fn path_matches(rule: &PathMatch, path: &str) -> bool {
+    match rule {
+        PathMatch::Exact(exact) => path == exact,
+        PathMatch::Prefix(prefix) if prefix == "/" => true,
+        PathMatch::Prefix(prefix) => path
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+    }
+}
+
+/// How a service picks targets for new sessions.
+pub enum Strategy {
+    RoundRobin,
+    Sticky {
+        cookie: CookieTemplate,
+        lifetimes: Lifetimes,
+        /// Re-issue the cookie on use, so the idle timeout counts from the last request.
+        refresh: bool,
+    },
+    LeastConnections,
+    Hashing {
+        hash_on: HashOn,
+        fallback: Option<HashOn>,
+        maglev: Maglev,
+    },
+}
+
+pub struct ServiceTable {
+    pub name: Arc<str>,
+    pub strategy: Strategy,
+    pub targets: Box<[TargetSlot]>,
+    candidates: Box<[Candidate]>,
+    round_robin: WeightedRoundRobin,
+    in_flight: Box<[AtomicU32]>,
+    invalid_cookies: [Counter; 3],
+}
+
+pub struct TargetSlot {
+    pub address: SocketAddr,
+    /// The address as text: the metrics label and the log field.
+    pub label: Arc<str>,
+    pub tag: TargetTag,
+    pub state: TargetState,
+    pub weight: u32,
+    pub counters: TargetCounters,
+}
+
+/// Handles into the metric families, resolved at build time.
+pub struct TargetCounters {
+    pub requests: Counter,
+    pub new_pins: Counter,
+    pub repins_removed: Counter,
+    pub repins_failed: Counter,
+    pub drained_session_requests: Counter,
+    pub connect_failures: Counter,
+    pub timeouts: Counter,
+    pub broken: Counter,
+}
+
+impl TargetCounters {
+    fn new(metrics: &Metrics, service: &str, target: &str) -> Self {
+        let labels = TargetLabels {
+            service: service.to_string(),
+            target: target.to_string(),
+        };
+        let repin = |reason| {
+            metrics
+                .repins
+                .get_or_create(&RepinLabels {
+                    service: service.to_string(),
+                    target: target.to_string(),
+                    reason,
+                })
+                .clone()
+        };
+        let failure = |kind| {
+            metrics
+                .upstream_failures
+                .get_or_create(&FailureLabels {
+                    service: service.to_string(),
+                    target: target.to_string(),
+                    kind,
+                })
+                .clone()
+        };
+        Self {
+            requests: metrics.requests.get_or_create(&labels).clone(),
+            new_pins: metrics.new_pins.get_or_create(&labels).clone(),
+            repins_removed: repin(RepinReason::target_removed),
+            repins_failed: repin(RepinReason::target_failed),
+            drained_session_requests: metrics
+                .drained_session_requests
+                .get_or_create(&labels)
+                .clone(),
+            connect_failures: failure(FailureKind::connect),
+            timeouts: failure(FailureKind::timeout),
+            broken: failure(FailureKind::broken),
+        }
+    }
+}
+
+impl ServiceTable {
+    fn build(
+        service: &crate::model::Service,
+        codec: &CookieCodec,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Self {
+        let name: Arc<str> = Arc::from(service.name.as_str());
+        let targets: Box<[TargetSlot]> = service
+            .targets
+            .iter()
+            .map(|target| {
+                let label: Arc<str> = Arc::from(target.address.to_string());
+                TargetSlot {
+                    address: target.address,
+                    tag: codec.target_tag(&service.name, target.address),
+                    state: target.state,
+                    weight: target.weight,
+                    counters: TargetCounters::new(metrics, &service.name, &label),
+                    label,
+                }
+            })
+            .collect();
+        let candidates: Box<[Candidate]> = service
+            .targets
+            .iter()
+            .map(|target| Candidate {
+                weight: target.weight,
+                active: target.state == TargetState::Active,
+            })
+            .collect();
+        let strategy = match &service.balancing {
+            Balancing::RoundRobin => Strategy::RoundRobin,
+            Balancing::LeastConnections => Strategy::LeastConnections,
+            Balancing::StickySessions(cookie) => Strategy::Sticky {
+                cookie: CookieTemplate::new(cookie),
+                lifetimes: Lifetimes {
+                    absolute_secs: cookie.absolute_timeout.map(secs_u32),
+                    idle_secs: cookie.idle_timeout.map(secs_u32),
+                },
+                refresh: cookie.idle_timeout.is_some(),
+            },
+            Balancing::ConsistentHashing { hash_on, fallback } => {
+                let identities: Vec<String> =
+                    targets.iter().map(|t| t.address.to_string()).collect();
+                let entries: Vec<maglev::Entry> = identities
+                    .iter()
+                    .zip(candidates.iter())
+                    .map(|(identity, candidate)| maglev::Entry {
+                        identity: identity.as_bytes(),
+                        weight: if candidate.active {
+                            candidate.weight
+                        } else {
+                            0
+                        },
+                    })
+                    .collect();
+                Strategy::Hashing {
+                    hash_on: hash_on.clone(),
+                    fallback: fallback.clone(),
+                    // The L7 table is per service and small; a smaller prime keeps builds fast.
+                    maglev: Maglev::build(&entries, 10_007),
+                }
+            }
+        };
+        let rejection = |reason| {
+            metrics
+                .invalid_cookies
+                .get_or_create(&CookieLabels {
+                    service: service.name.clone(),
+                    reason,
+                })
+                .clone()
+        };
+        // Different agents and generations start their rotation at different targets.
+        let start = (maglev::stable_hash(service.name.as_bytes())
+            ^ generation
+            ^ u64::from(std::process::id())) as usize;
+        Self {
+            round_robin: WeightedRoundRobin::new(&candidates, start),
+            in_flight: candidates.iter().map(|_| AtomicU32::new(0)).collect(),
+            candidates,
+            targets,
+            strategy,
+            name,
+            invalid_cookies: [
+                rejection(CookieRejection::malformed),
+                rejection(CookieRejection::forged),
+                rejection(CookieRejection::expired),
+            ],
+        }
+    }
+
+    /// Where the session whose cookie names `tag` goes.
+    pub fn pinned(&self, tag: TargetTag) -> PinnedTo {
+        let found = self.targets.iter().position(|target| target.tag == tag);
+        select::pinned(found, &self.candidates)
+    }
+
+    /// A target for a new session, or a re-pin; `hash` feeds consistent hashing.
+    pub fn pick_new(&self, hash: Option<u64>, excluded: impl Fn(usize) -> bool) -> Option<usize> {
+        match &self.strategy {
+            Strategy::RoundRobin | Strategy::Sticky { .. } => self.round_robin.next(excluded),
+            Strategy::LeastConnections => {
+                let start = self.round_robin.next(|_| false).unwrap_or(0);
+                select::least_loaded(&self.candidates, &self.in_flight, start, excluded)
+            }
+            Strategy::Hashing { maglev, .. } => match hash {
+                Some(hash) => select::hashed(maglev, hash, excluded),
+                // No value to hash on (header absent, say): spread like round-robin.
+                None => self.round_robin.next(excluded),
+            },
+        }
+    }
+
+    pub fn count_rejected_cookie(&self, rejected: Rejected) {
+        let index = match rejected {
+            Rejected::Malformed => 0,
+            Rejected::Forged => 1,
+            Rejected::Expired => 2,
+        };
+        self.invalid_cookies[index].inc();
+    }
+
+    /// Marks a request in flight to `target` until the guard drops (for least-connections).
+    pub fn in_flight(&self, target: usize) -> InFlight<'_> {
+        self.in_flight[target].fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight[target])
+    }
+
+    /// Whether any target is configured (draining ones included).
+    pub fn has_targets(&self) -> bool {
+        !self.targets.is_empty()
+    }
+}
+
+pub struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn secs_u32(duration: std::time::Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::file;
+
+    fn tables(yaml: &str) -> Tables {
+        let model = file::parse(yaml, "test.yaml").expect("valid").model;
+        Tables::build(&model, &CookieCodec::new(&[1; 32]), &Metrics::default(), 1)
+    }
+
+    const ROUTES: &str = r#"
+proxy: {listen: 127.0.0.1:1}
+routes:
+  - {match: {pathPrefix: /}, service: root}
+  - {match: {pathPrefix: /api}, service: api}
+  - {match: {pathPrefix: /api/v2}, service: v2}
+  - {match: {path: /api/exact}, service: exact}
+  - {match: {host: shop.example.com, pathPrefix: /api}, service: shop}
+  - {match: {host: "*.example.com"}, service: wild}
+services:
+  root: {targets: []}
+  api: {targets: []}
+  v2: {targets: []}
+  exact: {targets: []}
+  shop: {targets: []}
+  wild: {targets: []}
+"#;
+
+    fn routed(tables: &Tables, host: Option<&str>, path: &str) -> String {
+        tables
+            .route(host, path)
+            .map(|s| s.name.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_most_specific_route_wins() {
+        let t = tables(ROUTES);
+        assert_eq!(routed(&t, None, "/"), "root");
+        assert_eq!(routed(&t, None, "/api"), "api");
+        assert_eq!(routed(&t, None, "/api/x"), "api");
+        assert_eq!(routed(&t, None, "/apix"), "root");
+        assert_eq!(routed(&t, None, "/api/v2/items"), "v2");
+        assert_eq!(routed(&t, None, "/api/exact"), "exact");
+        assert_eq!(routed(&t, None, "/api/exact/more"), "api");
+        assert_eq!(routed(&t, Some("shop.example.com"), "/api/x"), "shop");
+        assert_eq!(routed(&t, Some("shop.example.com"), "/other"), "wild");
+        assert_eq!(routed(&t, Some("a.b.example.com"), "/other"), "root");
+        assert_eq!(routed(&t, Some("example.com"), "/other"), "root");
+    }
+
+    #[test]
+    fn pins_resolve_by_tag_including_draining_targets() {
+        let t = tables(
+            r#"
+services:
+  echo:
+    policy: {algorithm: sticky-sessions, hashOn: {input: none}, stickySessions: {cookie: s}}
+    targets:
+      - {address: 127.0.0.1:9001}
+      - {address: 127.0.0.1:9002, weight: 0}
+"#,
+        );
+        let service = t.service("echo").expect("service");
+        let codec = CookieCodec::new(&[1; 32]);
+        let tag = |a: &str| codec.target_tag("echo", a.parse().expect("addr"));
+        assert_eq!(service.pinned(tag("127.0.0.1:9001")), PinnedTo::Active(0));
+        assert_eq!(service.pinned(tag("127.0.0.1:9002")), PinnedTo::Draining(1));
+        assert_eq!(service.pinned(tag("127.0.0.1:9003")), PinnedTo::Gone);
+        for _ in 0..20 {
+            assert_eq!(service.pick_new(None, |_| false), Some(0));
+        }
+    }
+}
