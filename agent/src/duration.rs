@@ -81,8 +81,10 @@ mod tests {
     #[test]
     fn rejects_garbage_with_a_reason() {
         assert!(parse("").is_err());
-        assert!(parse("10x").unwrap_err().contains("unknown unit"));
-        assert!(parse("h").unwrap_err().contains("expected numbers"));
+        assert!(parse("10x").expect_err("bad unit").contains("unknown unit"));
+        assert!(parse("h")
+            .expect_err("no number")
+            .contains("expected numbers"));
         assert!(parse("-5s").is_err());
     }
 }

@@ -17,6 +17,7 @@ pub struct Model {
     pub proxy: Option<ProxySettings>,
     pub admin: Option<AdminSettings>,
     pub session_key: Option<PathBuf>,
+    pub dataplane: Option<DataplaneSettings>,
     pub routes: Vec<Route>,
     /// Keyed by service name; a BTreeMap so iteration (and therefore logs and diffs) is stable.
     pub services: BTreeMap<String, Service>,
@@ -52,6 +53,22 @@ impl Default for ProxyTimeouts {
 
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// Where the kernel programs attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneSettings {
+    /// Interfaces whose ingress gets the XDP program (and whose egress the reply-path TC program).
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver: fastest, needs driver support (veth has it).
+    Native,
+    /// Generic XDP in the stack: works on any interface.
+    Skb,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
@@ -84,7 +101,43 @@ pub enum PathMatch {
 pub struct Service {
     pub name: String,
     pub balancing: Balancing,
+    /// Set for a service the kernel handles at L4 (a VIP:port).
+    pub frontend: Option<Frontend>,
     pub targets: Vec<Target>,
+}
+
+/// A virtual address the kernel program steers: new flows get a Maglev pick over active
+/// targets, established flows keep theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frontend {
+    pub listen: SocketAddr,
+    pub protocol: L4Protocol,
+    pub hashing: KernelHashing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+}
+
+impl L4Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Protocol::Tcp => "tcp",
+            L4Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// What the kernel hashes a new flow's Maglev pick on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelHashing {
+    /// The 5-tuple: flows spread independently (policy round-robin).
+    FiveTuple,
+    /// The client's address: one client's flows go to one target (consistent-hashing on ip,
+    /// Kubernetes `sessionAffinity: ClientIP`).
+    ClientIp,
 }
 
 /// How a service spreads requests: KongUpstreamPolicy's `algorithm` and its options.
@@ -190,11 +243,6 @@ impl Target {
             weight,
             state,
         }
-    }
-
-    /// Whether new sessions and new flows may go here.
-    pub fn takes_new_sessions(&self) -> bool {
-        self.state == TargetState::Active && self.weight > 0
     }
 }
 

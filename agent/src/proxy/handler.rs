@@ -85,11 +85,16 @@ pub async fn handle(
     let mut tried: Vec<usize> = Vec::new();
     let response = loop {
         let Some(index) = target else {
-            break no_target(service, outcomes, &tried);
+            break Err(no_target(service, outcomes, &tried));
         };
         let slot = &service.targets[index];
         let Some(request) = upstream_request.take() else {
-            break failed(outcomes, service, slot, "request could not be retried");
+            break Err(failed(
+                outcomes,
+                service,
+                slot,
+                "request could not be retried",
+            ));
         };
         tried.push(index);
         let _in_flight = service.in_flight(index);
@@ -108,7 +113,7 @@ pub async fn handle(
             Err(SendError::Connect(error, request)) => {
                 slot.counters.connect_failures.inc();
                 warn!(service = &*service.name, target = &*slot.label, %error, "target refused the connection");
-                upstream_request = Some(request);
+                upstream_request = Some(*request);
             }
             Err(SendError::Broken(error)) => {
                 slot.counters.broken.inc();
@@ -118,7 +123,12 @@ pub async fn handle(
                     Request::from_parts(parts.clone_parts(), Either::Right(Empty::new()))
                 });
                 if upstream_request.is_none() {
-                    break failed(outcomes, service, slot, "connection to target broke");
+                    break Err(failed(
+                        outcomes,
+                        service,
+                        slot,
+                        "connection to target broke",
+                    ));
                 }
             }
             Err(SendError::Timeout) => {
@@ -136,7 +146,7 @@ pub async fn handle(
             }
         }
         if tried.len() >= MAX_ATTEMPTS.min(service.targets.len()) {
-            break failed(outcomes, service, slot, "every target tried failed");
+            break Err(failed(outcomes, service, slot, "every target tried failed"));
         }
         target = service.pick_new(connection.hash_for(service, None), |i| tried.contains(&i));
         if let Some(next) = target {
@@ -336,7 +346,7 @@ fn no_target(
     service: &ServiceTable,
     outcomes: &OutcomeCounters,
     tried: &[usize],
-) -> Result<(usize, Response<Incoming>), Response<ProxyBody>> {
+) -> Response<ProxyBody> {
     if tried.is_empty() {
         outcomes.no_target.inc();
         let message = if service.has_targets() {
@@ -345,7 +355,7 @@ fn no_target(
             "the service has no targets\n"
         };
         warn!(service = &*service.name, "{}", message.trim_end());
-        Err(plain(StatusCode::SERVICE_UNAVAILABLE, message))
+        plain(StatusCode::SERVICE_UNAVAILABLE, message)
     } else {
         outcomes.upstream_error.inc();
         warn!(
@@ -353,10 +363,7 @@ fn no_target(
             tried = tried.len(),
             "every target tried failed"
         );
-        Err(plain(
-            StatusCode::BAD_GATEWAY,
-            "every target tried failed\n",
-        ))
+        plain(StatusCode::BAD_GATEWAY, "every target tried failed\n")
     }
 }
 
@@ -365,13 +372,10 @@ fn failed(
     service: &ServiceTable,
     slot: &TargetSlot,
     why: &'static str,
-) -> Result<(usize, Response<Incoming>), Response<ProxyBody>> {
+) -> Response<ProxyBody> {
     outcomes.upstream_error.inc();
     warn!(service = &*service.name, target = &*slot.label, "{why}");
-    Err(plain(
-        StatusCode::BAD_GATEWAY,
-        "the target failed to answer\n",
-    ))
+    plain(StatusCode::BAD_GATEWAY, "the target failed to answer\n")
 }
 
 /// tether's own short answers.

@@ -21,7 +21,7 @@ const MAX_IDLE_PER_TARGET: usize = 512;
 
 pub enum SendError {
     /// Nothing was sent: the request comes back for another target.
-    Connect(std::io::Error, Request<UpstreamBody>),
+    Connect(std::io::Error, Box<Request<UpstreamBody>>),
     /// The target took the request but sent no response head in time.
     Timeout,
     /// The connection broke after the request was (at least partly) sent.
@@ -58,7 +58,7 @@ impl Upstreams {
                 Some(sender) => sender,
                 None => match connect(target, connect_timeout, upgrade).await {
                     Ok(sender) => sender,
-                    Err(error) => return Err(SendError::Connect(error, request)),
+                    Err(error) => return Err(SendError::Connect(error, Box::new(request))),
                 },
             };
             let exchange = sender.try_send_request(request);
@@ -77,7 +77,7 @@ impl Upstreams {
                             std::io::ErrorKind::ConnectionAborted,
                             error.into_error(),
                         );
-                        return Err(SendError::Connect(io, unsent));
+                        return Err(SendError::Connect(io, Box::new(unsent)));
                     }
                     None => return Err(SendError::Broken(error.into_error())),
                 },

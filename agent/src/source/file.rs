@@ -6,9 +6,9 @@
 use super::locate::Locations;
 use crate::duration::serde_duration;
 use crate::model::{
-    AdminSettings, Balancing, HashOn, HostMatch, Model, PathMatch, ProxySettings, ProxyTimeouts,
-    Route, SameSite, Service, SessionCookie, Target, DEFAULT_MAX_HEADER_BYTES, DEFAULT_WEIGHT,
-    MAX_WEIGHT,
+    AdminSettings, Balancing, DataplaneSettings, Frontend, HashOn, HostMatch, KernelHashing,
+    L4Protocol, Model, PathMatch, ProxySettings, ProxyTimeouts, Route, SameSite, Service,
+    SessionCookie, Target, XdpMode, DEFAULT_MAX_HEADER_BYTES, DEFAULT_WEIGHT, MAX_WEIGHT,
 };
 use serde::{de, Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashSet};
@@ -107,6 +107,7 @@ struct RawConfig {
     proxy: Option<RawProxy>,
     admin: Option<RawAdmin>,
     session_key: Option<RawSessionKey>,
+    dataplane: Option<RawDataplane>,
     #[serde(default)]
     routes: Vec<RawRoute>,
     #[serde(default)]
@@ -142,6 +143,13 @@ struct RawAdmin {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDataplane {
+    interfaces: Vec<String>,
+    xdp_mode: Option<String>,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSessionKey {
     file: PathBuf,
@@ -166,6 +174,10 @@ struct RawMatch {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawService {
+    /// A VIP:port makes this a kernel (L4) service.
+    #[serde(default, deserialize_with = "optional_socket_address")]
+    listen: Option<SocketAddr>,
+    protocol: Option<String>,
     policy: Option<RawPolicy>,
     session_cookie: Option<RawSessionCookie>,
     #[serde(default)]
@@ -238,6 +250,12 @@ fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Erro
     })
 }
 
+fn optional_socket_address<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_address(d).map(Some)
+}
+
 // ---- Validation -------------------------------------------------------------------------------
 
 struct Validator<'a> {
@@ -304,6 +322,10 @@ impl Validator<'_> {
                 ));
             }
         }
+        let dataplane = match raw.dataplane {
+            None => None,
+            Some(dataplane) => Some(self.dataplane(dataplane)?),
+        };
         let mut services = BTreeMap::new();
         for (name, service) in raw.services {
             let service = self.service(&name, service)?;
@@ -316,10 +338,34 @@ impl Validator<'_> {
         for (index, route) in raw.routes.into_iter().enumerate() {
             routes.push(self.route(index, route, &services)?);
         }
+        if let Some((name, _)) = services.iter().find(|(_, s)| s.frontend.is_some()) {
+            if dataplane.is_none() {
+                return Err(self.error(
+                    format!("services.{name}.listen"),
+                    "a kernel service needs a dataplane section with dataplane.interfaces",
+                ));
+            }
+        }
+        let mut vips = HashSet::new();
+        for (name, service) in &services {
+            if let Some(frontend) = service.frontend {
+                if !vips.insert((frontend.listen, frontend.protocol)) {
+                    return Err(self.error(
+                        format!("services.{name}.listen"),
+                        format!(
+                            "{} {} is already another service's",
+                            frontend.protocol.as_str(),
+                            frontend.listen
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Model {
             proxy,
             admin,
             session_key: raw.session_key.map(|key| key.file),
+            dataplane,
             routes,
             services,
         })
@@ -394,11 +440,52 @@ impl Validator<'_> {
         ))
     }
 
+    fn dataplane(&self, raw: RawDataplane) -> Result<DataplaneSettings, ConfigError> {
+        if raw.interfaces.is_empty() {
+            return Err(self.error("dataplane.interfaces", "name at least one interface"));
+        }
+        for (index, interface) in raw.interfaces.iter().enumerate() {
+            // IFNAMSIZ is 16 with the terminating NUL.
+            if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\0'])
+            {
+                return Err(self.error(
+                    format!("dataplane.interfaces[{index}]"),
+                    format!("{interface:?} is not an interface name"),
+                ));
+            }
+        }
+        let xdp_mode = match raw.xdp_mode.as_deref() {
+            None | Some("native") => XdpMode::Native,
+            Some("skb") => XdpMode::Skb,
+            Some(other) => {
+                return Err(self.error(
+                    "dataplane.xdpMode",
+                    format!("{other:?}: expected native or skb"),
+                ))
+            }
+        };
+        Ok(DataplaneSettings {
+            interfaces: raw.interfaces,
+            xdp_mode,
+        })
+    }
+
     fn service(&mut self, name: &str, raw: RawService) -> Result<Service, ConfigError> {
         let at = format!("services.{name}");
         let balancing = match raw.policy {
             None => Balancing::RoundRobin,
             Some(policy) => self.policy(&format!("{at}.policy"), policy)?,
+        };
+        let frontend = match raw.listen {
+            None => {
+                if raw.protocol.is_some() {
+                    return Err(self.error(format!("{at}.protocol"), "needs listen (a VIP:port)"));
+                }
+                None
+            }
+            Some(listen) => {
+                Some(self.frontend(&at, listen, raw.protocol.as_deref(), &balancing)?)
+            }
         };
         let balancing = match (balancing, raw.session_cookie) {
             (Balancing::StickySessions(cookie), Some(options)) => Balancing::StickySessions(
@@ -434,7 +521,52 @@ impl Validator<'_> {
         Ok(Service {
             name: name.to_string(),
             balancing,
+            frontend,
             targets,
+        })
+    }
+
+    /// A kernel service: the kernel can hash the 5-tuple or the client address, nothing at L7.
+    fn frontend(
+        &self,
+        at: &str,
+        listen: SocketAddr,
+        protocol: Option<&str>,
+        balancing: &Balancing,
+    ) -> Result<Frontend, ConfigError> {
+        let protocol = match protocol {
+            None | Some("tcp") | Some("TCP") => L4Protocol::Tcp,
+            Some("udp") | Some("UDP") => L4Protocol::Udp,
+            Some(other) => {
+                return Err(self.error(
+                    format!("{at}.protocol"),
+                    format!("{other:?}: expected tcp or udp"),
+                ))
+            }
+        };
+        if listen.port() == 0 || listen.ip().is_unspecified() {
+            return Err(self.error(
+                format!("{at}.listen"),
+                "a kernel service needs a specific VIP and a port",
+            ));
+        }
+        let hashing = match balancing {
+            Balancing::RoundRobin => KernelHashing::FiveTuple,
+            Balancing::ConsistentHashing {
+                hash_on: HashOn::ClientIp,
+                fallback: None,
+            } => KernelHashing::ClientIp,
+            _ => {
+                return Err(self.error(
+                    format!("{at}.policy"),
+                    "a kernel service (listen) takes algorithm round-robin, or consistent-hashing with hashOn.input ip; cookies and headers are HTTP",
+                ))
+            }
+        };
+        Ok(Frontend {
+            listen,
+            protocol,
+            hashing,
         })
     }
 
@@ -663,5 +795,209 @@ impl Validator<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TargetState;
+
+    /// The standalone example from the README, verbatim.
+    const L7: &str = r#"proxy:
+  listen: 127.0.0.1:8080
+admin:
+  listen: 127.0.0.1:9901
+routes:
+  - match: {pathPrefix: /echo}
+    service: echo
+services:
+  echo:
+    policy:
+      algorithm: sticky-sessions
+      hashOn: {input: none}
+      stickySessions: {cookie: session-id, cookiePath: /}
+    targets:
+      - {address: 127.0.0.1:9001}
+      - {address: 127.0.0.1:9002, weight: 100}
+      - {address: 127.0.0.1:9003, weight: 0}
+"#;
+
+    const L4: &str = r#"dataplane:
+  interfaces: [eth0]
+  xdpMode: native
+services:
+  web:
+    listen: 10.0.0.100:80
+    protocol: tcp
+    policy: {algorithm: round-robin}
+    targets:
+      - {address: 10.0.1.2:8080}
+      - {address: 10.0.1.3:8080, weight: 0}
+"#;
+
+    fn error(yaml: &str) -> ConfigError {
+        parse(yaml, "t.yaml").expect_err("must be rejected")
+    }
+
+    #[test]
+    fn the_standalone_example_parses() {
+        let model = parse(L7, "t.yaml").expect("valid").model;
+        let echo = &model.services["echo"];
+        let Balancing::StickySessions(cookie) = &echo.balancing else {
+            panic!("sticky expected")
+        };
+        assert_eq!(
+            (cookie.name.as_str(), cookie.path.as_str()),
+            ("session-id", "/")
+        );
+        assert!(cookie.http_only);
+        let weights: Vec<(u32, TargetState)> =
+            echo.targets.iter().map(|t| (t.weight, t.state)).collect();
+        assert_eq!(
+            weights,
+            vec![
+                (100, TargetState::Active),
+                (100, TargetState::Active),
+                (0, TargetState::Draining)
+            ]
+        );
+        assert_eq!(model.routes[0].path, PathMatch::Prefix("/echo".into()));
+    }
+
+    #[test]
+    fn a_kernel_only_file_parses() {
+        let model = parse(L4, "t.yaml").expect("valid").model;
+        assert!(model.proxy.is_none());
+        let web = &model.services["web"];
+        let frontend = web.frontend.expect("kernel service");
+        assert_eq!(frontend.listen, "10.0.0.100:80".parse().expect("addr"));
+        assert_eq!(frontend.protocol, L4Protocol::Tcp);
+        assert_eq!(frontend.hashing, KernelHashing::FiveTuple);
+        assert_eq!(
+            model.dataplane.expect("dataplane").interfaces,
+            vec!["eth0".to_string()]
+        );
+    }
+
+    #[test]
+    fn kong_rejects_sticky_sessions_without_hash_on_none() {
+        let e = error(&L7.replace("hashOn: {input: none}", "hashOn: {input: ip}"));
+        assert_eq!(e.field, "services.echo.policy.hashOn.input");
+        assert_eq!(e.line, Some(12));
+        assert!(e.to_string().starts_with("t.yaml:12:"), "{e}");
+        let e = error(&L7.replace("      hashOn: {input: none}\n", ""));
+        assert_eq!(e.field, "services.echo.policy.hashOn.input");
+        let e = error(&L7.replace("cookie: session-id, ", ""));
+        assert_eq!(e.field, "services.echo.policy.stickySessions.cookie");
+        let e = error(&L7.replace("algorithm: sticky-sessions", "algorithm: round-robin"));
+        assert_eq!(e.field, "services.echo.policy.algorithm");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_addresses_name_field_and_line() {
+        let e = error(&L7.replace("cookiePath: /}", "cookiePath: /, bogus: 1}"));
+        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+        assert_eq!(e.line, Some(13));
+        let e = error(&L7.replace("127.0.0.1:9002", "127.0.0.1:99999"));
+        assert!(e.message.contains("expected IP:port"), "{e}");
+        assert_eq!(e.line, Some(16));
+        let e = error(&L7.replace("service: echo", "service: nope"));
+        assert_eq!((e.field.as_str(), e.line), ("routes[0].service", Some(7)));
+    }
+
+    #[test]
+    fn target_rules() {
+        let e = error(&L7.replace("127.0.0.1:9003", "127.0.0.1:9001"));
+        assert!(e.message.contains("listed twice"), "{e}");
+        let e = error(&L7.replace("weight: 100}", "weight: 70000}"));
+        assert_eq!(e.field, "services.echo.targets[1].weight");
+    }
+
+    #[test]
+    fn cookie_options_are_validated() {
+        let with = |block: &str| {
+            L7.replace(
+                "    targets:",
+                &format!("    sessionCookie: {block}\n    targets:"),
+            )
+        };
+        let model = parse(
+            &with(
+                "{sameSite: Lax, secure: true, maxAge: 1h, idleTimeout: 30m, domain: example.com}",
+            ),
+            "t",
+        )
+        .expect("valid")
+        .model;
+        let Balancing::StickySessions(cookie) = &model.services["echo"].balancing else {
+            panic!("sticky expected")
+        };
+        assert_eq!(cookie.same_site, Some(SameSite::Lax));
+        assert_eq!(cookie.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(cookie.idle_timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(
+            error(&with("{sameSite: Sometimes}")).field,
+            "services.echo.sessionCookie.sameSite"
+        );
+        assert_eq!(
+            error(&with("{sameSite: None}")).field,
+            "services.echo.sessionCookie.sameSite"
+        );
+        assert!(error(&with("{maxAge: 10x}"))
+            .message
+            .contains("unknown unit"));
+        assert_eq!(
+            error(&with("{domain: \"a;b\"}")).field,
+            "services.echo.sessionCookie.domain"
+        );
+    }
+
+    #[test]
+    fn kernel_service_rules() {
+        let e = error(&L4.replace("dataplane:\n  interfaces: [eth0]\n  xdpMode: native\n", ""));
+        assert_eq!(e.field, "services.web.listen");
+        let e = error(&L4.replace(
+            "{algorithm: round-robin}",
+            "{algorithm: sticky-sessions, hashOn: {input: none}, stickySessions: {cookie: c}}",
+        ));
+        assert_eq!(e.field, "services.web.policy");
+        let hashed = parse(
+            &L4.replace(
+                "{algorithm: round-robin}",
+                "{algorithm: consistent-hashing, hashOn: {input: ip}}",
+            ),
+            "t",
+        )
+        .expect("valid")
+        .model;
+        assert_eq!(
+            hashed.services["web"].frontend.expect("frontend").hashing,
+            KernelHashing::ClientIp
+        );
+        assert_eq!(
+            error(&L4.replace("protocol: tcp", "protocol: sctp")).field,
+            "services.web.protocol"
+        );
+        assert_eq!(
+            error(&L4.replace("xdpMode: native", "xdpMode: turbo")).field,
+            "dataplane.xdpMode"
+        );
+        assert_eq!(
+            error(&L4.replace("10.0.0.100:80", "0.0.0.0:80")).field,
+            "services.web.listen"
+        );
+    }
+
+    #[test]
+    fn routes_need_a_proxy_and_valid_matches() {
+        let e = error(&L7.replace("proxy:\n  listen: 127.0.0.1:8080\n", ""));
+        assert_eq!(e.field, "routes");
+        let e = error(&L7.replace("{pathPrefix: /echo}", "{pathPrefix: echo}"));
+        assert_eq!(e.field, "routes[0].match.pathPrefix");
+        let e = error(&L7.replace("{pathPrefix: /echo}", "{pathPrefix: /echo, path: /x}"));
+        assert_eq!(e.field, "routes[0].match");
+        let e = error(&L7.replace("{pathPrefix: /echo}", "{host: \"a*.b\"}"));
+        assert_eq!(e.field, "routes[0].match.host");
     }
 }
