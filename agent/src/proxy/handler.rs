@@ -67,7 +67,6 @@ pub async fn handle(
     let user_agent = parts.headers.get(USER_AGENT).cloned();
     let method = parts.method.clone();
     let retryable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
-    let retry_parts = retryable.then(|| rebuild_parts(&parts));
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(
         &mut parts.headers,
@@ -80,6 +79,8 @@ pub async fn handle(
             parts.uri = uri;
         }
     }
+    // Taken after the rewrite above, so a resent request carries the forwarded headers too.
+    let retry_parts = retryable.then(|| rebuild_parts(&parts));
     let mut upstream_request = Some(Request::from_parts(parts, Either::Left(body)));
     let timeouts = tables.timeouts;
     let mut tried: Vec<usize> = Vec::new();
@@ -150,7 +151,8 @@ pub async fn handle(
         }
         target = service.pick_new(connection.hash_for(service, None), |i| tried.contains(&i));
         if let Some(next) = target {
-            if matches!(service.strategy, Strategy::Sticky { .. }) {
+            // A new session whose first pick failed was never pinned: it stays new.
+            if matches!(pin, Pin::Kept { .. } | Pin::Moved) {
                 pin = Pin::Moved;
                 service.targets[next].counters.repins_failed.inc();
             }

@@ -62,11 +62,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Adds X-Forwarded-For (appended), X-Forwarded-Proto/-Host/-Port (set) and Via.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, listen_port: u16) {
+    // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): keep every hop, in order.
+    let mut forwarded_for: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
     let client = client.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client}"),
-        _ => client,
-    };
+    forwarded_for.push(&client);
+    let forwarded_for = forwarded_for.join(", ");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -162,6 +168,17 @@ mod tests {
         );
         assert_eq!(map.get(&X_FORWARDED_PORT).expect("port"), "8080");
         assert_eq!(map.get(VIA).expect("via"), "1.1 tether");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.7, 192.0.2.1"),
+        ]);
+        add_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), 8080);
+        let values: Vec<_> = map.get_all(&X_FORWARDED_FOR).iter().collect();
+        assert_eq!(values, ["203.0.113.9, 198.51.100.7, 192.0.2.1, 127.0.0.1"]);
     }
 
     #[test]

@@ -172,7 +172,9 @@ async fn serve(stream: TcpStream, connection: Rc<Connection>, mut shutdown: watc
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read)
-        .max_buf_size(max_header_bytes);
+        .max_buf_size(max_header_bytes)
+        // The buffer limit alone is not exact (one read may overshoot it); this one is.
+        .max_header_size(max_header_bytes);
     let serving = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

@@ -66,7 +66,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Validates configuration text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|error| serde_error(error, file))?;
+    // serde_path_to_error names the exact field even for errors raised by our own deserializers
+    // (addresses, durations), where serde_yaml only names the enclosing mapping.
+    let raw: RawConfig = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|error| serde_error(error, file))?;
     let mut validator = Validator {
         file,
         locations: Locations::of(text),
@@ -79,7 +82,9 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
     })
 }
 
-fn serde_error(error: serde_yaml::Error, file: &str) -> ConfigError {
+fn serde_error(error: serde_path_to_error::Error<serde_yaml::Error>, file: &str) -> ConfigError {
+    let path = error.path().to_string();
+    let error = error.into_inner();
     // serde_yaml's message reads "path: message at line L column C"; split it into fields.
     let location = error.location();
     let mut message = error.to_string();
@@ -90,6 +95,8 @@ fn serde_error(error: serde_yaml::Error, file: &str) -> ConfigError {
         Some((field, rest)) if !field.contains(' ') => (field.to_string(), rest.to_string()),
         _ => (String::new(), message),
     };
+    // The full path when there is one ("." is the document itself).
+    let field = if path == "." { field } else { path };
     ConfigError {
         file: file.to_string(),
         line: location.as_ref().map(|l| l.line()),

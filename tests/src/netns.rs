@@ -1,0 +1,256 @@
+//! Support for privileged tests: the root check, kernel version checks, and network namespaces
+//! that clean up after themselves.
+//!
+//! Privileged tests run as root. Not as root they fail with a clear message, unless
+//! `TETHER_SKIP_PRIVILEGED=1`, in which case they print a skip line and pass.
+
+/// Whether a privileged test may run: true as root; otherwise panics, or prints a skip line and
+/// returns false when `TETHER_SKIP_PRIVILEGED=1`.
+pub fn privileged(test: &str) -> bool {
+    let euid = effective_uid();
+    if euid == Some(0) {
+        return true;
+    }
+    if std::env::var("TETHER_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        println!("SKIP {test}: needs root (TETHER_SKIP_PRIVILEGED=1)");
+        return false;
+    }
+    panic!(
+        "{test} needs root (BPF programs, network namespaces); effective uid {euid:?}. Run the \
+         tests as root, or set TETHER_SKIP_PRIVILEGED=1 to skip them"
+    );
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The running kernel's (major, minor), from `/proc/sys/kernel/osrelease`.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Panics with a clear message when the kernel is older than `major.minor`, which `feature`
+/// needs.
+pub fn require_kernel(major: u32, minor: u32, feature: &str) {
+    let version = kernel_version();
+    assert!(
+        version.is_some_and(|v| v >= (major, minor)),
+        "{feature} needs Linux {major}.{minor} or later; this kernel is {version:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces
+
+use anyhow::{bail, Context, Result};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A unique name for this test's objects: `prefix`, the process id and a counter, so tests
+/// running in parallel (or a rerun after a crash) never share a namespace or a pin directory.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped, and with it every
+/// interface inside it (a veth's peer goes too). Nothing is ever created in the host's own
+/// namespace: veths are created directly inside test namespaces.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `/run/netns/NAME`, with its loopback up.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        ip(&["netns", "add", &name])?;
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's bind mount, for `nsenter --net=` or setns.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ARGS...`.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: sockets it creates belong to the
+    /// namespace for their whole life, whichever thread uses them afterwards.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = self.path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    enter(&path)?;
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread in {} panicked", self.name))?
+        })
+    }
+
+    /// Writes a sysctl inside the namespace (`net.ipv4.ip_forward` → `/proc/sys/net/ipv4/ip_forward`).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        self.run(|| std::fs::write(&path, value))?
+            .with_context(|| format!("sysctl {key}={value} in {}", self.name))
+    }
+
+    /// A command that runs `program` inside the namespace, through setns in the child (the
+    /// mount namespace stays the host's, so bpffs pins stay visible, unlike `ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        use std::os::unix::process::CommandExt;
+        let file = std::fs::File::open(self.path())
+            .with_context(|| format!("open {}", self.path().display()))?;
+        let mut command = Command::new(program);
+        // SAFETY: only setns, an async-signal-safe syscall, runs between fork and exec; the
+        // file stays open (moved into the closure) until then.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
+    }
+
+    /// Turns transmit checksum offload off on `interface` (`ethtool -K IF tx off`): its
+    /// packets then carry complete checksums, which the receiving stack verifies, instead of
+    /// the partial ones veths pass around and receivers trust.
+    pub fn disable_tx_checksum(&self, interface: &str) -> Result<()> {
+        let interface = interface.to_owned();
+        self.run(move || set_tx_checksum(&interface, false))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(error) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {error:#}");
+        }
+    }
+}
+
+/// A veth pair from `a` (named `a_name` there) to `b` (named `b_name` there), both up.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    ip(&[
+        "link",
+        "add",
+        a_name,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip(&["link", "set", a_name, "up"])?;
+    b.ip(&["link", "set", b_name, "up"])?;
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .context("run ip (iproute2)")?;
+    if !output.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn enter(path: &std::path::Path) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: a valid namespace fd; affects the calling thread only.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn set_tx_checksum(interface: &str, on: bool) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct Ifreq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut libc::c_void,
+        _pad: [u8; 16],
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let mut request = Ifreq {
+        name: [0; libc::IFNAMSIZ],
+        data: (&mut value as *mut EthtoolValue).cast(),
+        _pad: [0; 16],
+    };
+    let bytes = interface.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        bail!("interface name {interface} is too long");
+    }
+    request.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a socket we close below, and an ifreq pointing at a live ethtool_value.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if socket < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let result = libc::ioctl(socket, SIOCETHTOOL, &mut request);
+        let error = std::io::Error::last_os_error();
+        libc::close(socket);
+        if result != 0 {
+            bail!(
+                "ethtool tx {} on {interface}: {error}",
+                if on { "on" } else { "off" }
+            );
+        }
+    }
+    Ok(())
+}
