@@ -1,5 +1,6 @@
 //! tether: cookie-pinned HTTP sessions and graceful drain, in userspace and in the kernel.
 pub mod admin;
+pub mod dataplane;
 pub mod duration;
 pub mod maglev;
 pub mod metrics;

@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub session_key: Option<PathBuf>,
     /// How long open requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// The kernel data plane's object and pin directory.
+    pub dataplane: crate::dataplane::Options,
 }
 
 /// Loads and validates the file; the error names the file, line, column and field.
@@ -59,6 +61,10 @@ pub fn run(options: RunOptions) -> Result<()> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    // The kernel data plane, when the file has a `dataplane` section; reloads are mirrored
+    // into its maps below. Stopping leaves it attached (see dataplane/mod.rs).
+    let mut dataplane =
+        crate::dataplane::Runner::start(&model, options.dataplane.clone(), &mut registry)?;
     let tables = Tables::build(&model, &codec, &metrics, 1);
     metrics.config_generation.set(1);
     let shared = Arc::new(Shared {
@@ -105,6 +111,7 @@ pub fn run(options: RunOptions) -> Result<()> {
                     metrics.config_generation.set(generation as i64);
                     log_model(&loaded.model);
                     info!(generation, "configuration applied");
+                    dataplane.apply(&loaded.model);
                     running = loaded.model;
                     ReloadResult::applied
                 }

@@ -17,7 +17,7 @@ use crate::sticky::select::{self, Candidate, PinnedTo, WeightedRoundRobin};
 use crate::sticky::set_cookie::CookieTemplate;
 use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Tables {
@@ -152,6 +152,9 @@ pub struct ServiceTable {
 
 pub struct TargetSlot {
     pub address: SocketAddr,
+    /// Until when (ms on [`monotonic_ms`]'s clock) new sessions avoid this target because it
+    /// failed a connection: passive health, like nginx's `max_fails=1 fail_timeout`.
+    avoid_until_ms: AtomicU64,
     /// The address as text: the metrics label and the log field.
     pub label: Arc<str>,
     pub tag: TargetTag,
@@ -229,6 +232,7 @@ impl ServiceTable {
                 let label: Arc<str> = Arc::from(target.address.to_string());
                 TargetSlot {
                     address: target.address,
+                    avoid_until_ms: AtomicU64::new(0),
                     tag: codec.target_tag(&service.name, target.address),
                     state: target.state,
                     weight: target.weight,
@@ -314,7 +318,18 @@ impl ServiceTable {
     }
 
     /// A target for a new session, or a re-pin; `hash` feeds consistent hashing.
+    ///
+    /// Targets that recently refused a connection are avoided while any other can take the
+    /// session; when all have failed, they are tried anyway (the failure may be over).
     pub fn pick_new(&self, hash: Option<u64>, excluded: impl Fn(usize) -> bool) -> Option<usize> {
+        let now = monotonic_ms();
+        let excluded_or_avoided =
+            |index: usize| excluded(index) || self.targets[index].avoided(now);
+        self.pick_among(hash, excluded_or_avoided)
+            .or_else(|| self.pick_among(hash, excluded))
+    }
+
+    fn pick_among(&self, hash: Option<u64>, excluded: impl Fn(usize) -> bool) -> Option<usize> {
         match &self.strategy {
             Strategy::RoundRobin | Strategy::Sticky { .. } => self.round_robin.next(excluded),
             Strategy::LeastConnections => {
@@ -348,6 +363,29 @@ impl ServiceTable {
     pub fn has_targets(&self) -> bool {
         !self.targets.is_empty()
     }
+}
+
+impl TargetSlot {
+    /// Records a failed connection: new sessions avoid this target for [`AVOID_AFTER_FAILURE`].
+    pub fn failed(&self) {
+        let until = monotonic_ms() + AVOID_AFTER_FAILURE.as_millis() as u64;
+        self.avoid_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn avoided(&self, now_ms: u64) -> bool {
+        self.avoid_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+}
+
+/// How long new sessions avoid a target after it refused a connection (nginx's default
+/// `fail_timeout`). Pinned sessions still try their own target first.
+pub const AVOID_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Milliseconds on a process-wide monotonic clock (never 0 after the first call's instant).
+fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    epoch.elapsed().as_millis() as u64 + 1
 }
 
 pub struct InFlight<'a>(&'a AtomicU32);

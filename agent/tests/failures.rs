@@ -114,15 +114,14 @@ async fn new_sessions_skip_a_refusing_target() -> Result<()> {
         assert_eq!(again.pod(), Some("a"));
         assert_eq!(again.set_cookie(COOKIE), None);
     }
-    // Each attempt takes a step of the shared schedule (a b a b ...): once b refused and a took
-    // the retry, the next new session's first pick is b again.
+    // Once b refused, new sessions avoid it for a while instead of each trying it first.
     let refused = tether
         .metric(
             "tether_upstream_failures_total",
             &[("target", &target_labels(&b)), ("kind", "connect")],
         )
         .await?;
-    assert!((9.0..=10.0).contains(&refused), "{refused}");
+    assert_eq!(refused, 1.0);
     // They are new sessions pinned to a, not sessions moved from b.
     let a_target = target_labels(&a);
     assert_eq!(
@@ -252,6 +251,67 @@ async fn a_broken_get_is_retried_on_another_target_with_its_headers() -> Result<
             )
             .await?,
         1.0
+    );
+    Ok(())
+}
+
+/// After a target refuses once, new sessions avoid it (passive health, like nginx's
+/// `fail_timeout`) instead of each trying it first; the remaining targets keep their shares.
+#[tokio::test]
+async fn new_sessions_avoid_a_target_that_just_refused() -> Result<()> {
+    let a = EchoServer::start("a")?;
+    let b = EchoServer::start("b")?;
+    let mut c = EchoServer::start("c")?;
+    let config = Config::sticky(&[(a.address(), 100), (b.address(), 100), (c.address(), 100)]);
+    let tether = Tether::start(TETHER, &config.yaml()).await?;
+    c.stop().await;
+    let http = Http::new();
+    let url = tether.url("/");
+    let mut pods = Vec::new();
+    for _ in 0..30 {
+        let reply = http.get(&url, None).await?;
+        assert_eq!(reply.status, 200);
+        pods.push(reply.pod().context("a pod")?.to_string());
+    }
+    let c_target = c.address().to_string();
+    let refusals = tether
+        .metric(
+            "tether_upstream_failures_total",
+            &[("target", &c_target), ("kind", "connect")],
+        )
+        .await?;
+    assert_eq!(refusals, 1.0, "the dead target was tried again: {pods:?}");
+    let on_a = pods.iter().filter(|p| *p == "a").count();
+    assert!(
+        (12..=18).contains(&on_a),
+        "a and b should share evenly: {pods:?}"
+    );
+    Ok(())
+}
+
+/// SO_REUSEPORT must not let a second tether silently share the first one's port.
+#[tokio::test]
+async fn a_second_agent_on_the_same_port_is_refused() -> Result<()> {
+    let a = EchoServer::start("a")?;
+    let config = Config::sticky(&[(a.address(), 100)]);
+    let first = Tether::start(TETHER, &config.yaml()).await?;
+    let dir = tether_tests::agent::TempDir::new("second")?;
+    let path = dir.path().join("tether.yaml");
+    let yaml = config
+        .yaml()
+        .replace("$PROXY", &first.proxy().to_string())
+        .replace("$ADMIN", "127.0.0.1:0");
+    tether_tests::agent::write_atomically(&path, &yaml)?;
+    let exited = tether_tests::agent::run_to_exit(
+        TETHER,
+        &["run".as_ref(), "--config".as_ref(), path.as_os_str()],
+        Duration::from_secs(10),
+    )?;
+    assert!(!exited.status.success());
+    assert!(
+        exited.stderr.contains("proxy.listen") && exited.stderr.contains("in use"),
+        "{}",
+        exited.stderr
     );
     Ok(())
 }

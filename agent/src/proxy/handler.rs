@@ -113,6 +113,7 @@ pub async fn handle(
             Ok(response) => break Ok((index, response)),
             Err(SendError::Connect(error, request)) => {
                 slot.counters.connect_failures.inc();
+                slot.failed();
                 warn!(service = &*service.name, target = &*slot.label, %error, "target refused the connection");
                 upstream_request = Some(*request);
             }
@@ -134,6 +135,7 @@ pub async fn handle(
             }
             Err(SendError::Timeout) => {
                 slot.counters.timeouts.inc();
+                slot.failed();
                 outcomes.upstream_timeout.inc();
                 warn!(
                     service = &*service.name,

@@ -50,6 +50,9 @@ impl Proxy {
     /// Binds `workers` sockets to `listen` (SO_REUSEPORT) and starts one thread for each.
     pub fn start(listen: SocketAddr, workers: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let workers = workers.max(1);
+        if listen.port() != 0 {
+            ensure_not_in_use(listen)?;
+        }
         let mut sockets = Vec::with_capacity(workers);
         let mut local_addr = listen;
         for _ in 0..workers {
@@ -93,6 +96,19 @@ impl Proxy {
             }
         }
     }
+}
+
+/// SO_REUSEPORT would let a second tether (or anything else with the option) silently share the
+/// port and half the connections; a plain bind first makes "address in use" an error again.
+fn ensure_not_in_use(address: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let probe = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&address.into())
 }
 
 fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -77,10 +77,14 @@ impl WeightedRoundRobin {
         if len == 0 {
             return None;
         }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        // Every target in the schedule appears within `len` steps; exclusions are rare.
+        // An excluded slot is skipped by taking the next *shared* slot, not the neighbouring one:
+        // the remaining targets then keep their weighted shares instead of the target after the
+        // excluded one inheriting its whole share. Every target appears within `len` slots.
         (0..len)
-            .map(|step| usize::from(self.schedule[(start + step) % len]))
+            .map(|_| {
+                let slot = self.cursor.fetch_add(1, Ordering::Relaxed);
+                usize::from(self.schedule[slot % len])
+            })
             .find(|&index| !excluded(index))
     }
 }
@@ -238,6 +242,19 @@ mod tests {
             assert_ne!(rr.next(|index| index == 1), Some(1));
         }
         assert_eq!(rr.next(|_| true), None);
+    }
+
+    #[test]
+    fn an_excluded_target_share_spreads_by_weight() {
+        // b (index 1) is excluded: a and c must keep their 1:2 ratio, not c taking b's share.
+        let rr = WeightedRoundRobin::new(&candidates(&[100, 300, 200]), 0);
+        let mut counts = [0usize; 3];
+        for _ in 0..600 {
+            counts[rr.next(|index| index == 1).expect("a target")] += 1;
+        }
+        assert_eq!(counts[1], 0);
+        let ratio = counts[2] as f64 / counts[0] as f64;
+        assert!((1.8..2.2).contains(&ratio), "{counts:?}");
     }
 
     #[test]

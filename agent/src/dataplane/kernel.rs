@@ -1,0 +1,244 @@
+//! Loading the object with its maps pinned, and attaching the programs through pinned
+//! bpf_links.
+//!
+//! On start the maps already pinned are re-opened (aya reuses a pinned map of the same name)
+//! and the missing ones created and pinned. An interface whose link is already pinned gets the
+//! new program swapped into that link atomically (`BPF_LINK_UPDATE`), so not one packet goes
+//! unsteered across an agent restart or upgrade; an interface without one is attached afresh
+//! and its link pinned. Links of interfaces no longer configured are unpinned, which detaches
+//! them.
+use super::maps::Maps;
+use super::pins::{mode_name, LinkPin, Pins};
+use super::Error;
+use crate::model::XdpMode;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfLoader};
+use std::path::Path;
+use tether_common::{MAP_SPECS, TC_PROGRAM, XDP_PROGRAM};
+use tracing::{info, warn};
+
+/// bpf_link attachments for TC (TCX) arrived in Linux 6.6; XDP links in 5.9.
+pub const MIN_KERNEL: (u32, u32) = (6, 6);
+
+/// The loaded programs. Dropping this closes the agent's handles only: the pinned links keep
+/// the programs attached and the pinned maps keep their contents.
+pub struct Kernel {
+    ebpf: Ebpf,
+    pins: Pins,
+}
+
+impl Kernel {
+    /// Loads `object` with the maps pinned under `pins` (re-opening those already there), and
+    /// loads both programs into the kernel (the verifier runs here).
+    pub fn load(object: &Path, pins: &Pins) -> Result<(Self, Maps), Error> {
+        check_kernel()?;
+        pins.prepare()?;
+        pins.check_schema()?;
+        let mut loader = EbpfLoader::new();
+        for spec in &MAP_SPECS {
+            loader.map_pin_path(spec.name, pins.map(spec.name));
+        }
+        let mut ebpf = loader.load_file(object).map_err(|source| Error::Load {
+            object: object.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+        xdp.load().map_err(|source| Error::Program {
+            program: XDP_PROGRAM,
+            action: "load",
+            source,
+        })?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
+        tc.load().map_err(|source| Error::Program {
+            program: TC_PROGRAM,
+            action: "load",
+            source,
+        })?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok((
+            Self {
+                ebpf,
+                pins: pins.clone(),
+            },
+            maps,
+        ))
+    }
+
+    /// Makes the pinned attachments exactly XDP (in `mode`) on the ingress and TC on the egress
+    /// of `interfaces`, replacing the programs in links that already exist. Returns a line per
+    /// change, for the log.
+    pub fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<Vec<String>, Error> {
+        let mut changes = Vec::new();
+        // Links that must go first: other interfaces, and XDP in the other mode (a link cannot
+        // change mode, and an interface takes one XDP link).
+        for (path, link) in self.pins.links() {
+            let keep = interfaces.iter().any(|i| i == link.interface())
+                && match &link {
+                    LinkPin::Xdp { mode: pinned, .. } => *pinned == mode,
+                    LinkPin::Tc { .. } => true,
+                };
+            if !keep {
+                std::fs::remove_file(&path).map_err(|source| Error::Io {
+                    what: format!("unpin {}", path.display()),
+                    source,
+                })?;
+                changes.push(format!("detached {}", link.file_name()));
+            }
+        }
+        for interface in interfaces {
+            let xdp_pin = LinkPin::Xdp {
+                interface: interface.clone(),
+                mode,
+            };
+            let tc_pin = LinkPin::Tc {
+                interface: interface.clone(),
+            };
+            changes.push(self.attach_xdp(&xdp_pin, interface, mode)?);
+            changes.push(self.attach_tc(&tc_pin, interface)?);
+        }
+        Ok(changes)
+    }
+
+    fn attach_xdp(
+        &mut self,
+        pin: &LinkPin,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<String, Error> {
+        let path = self.pins.link(pin);
+        let program: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?;
+        if path.exists() {
+            let replaced = PinnedLink::from_pin(&path)
+                .map_err(|error| error.to_string())
+                .and_then(|pinned| {
+                    XdpLink::try_from(FdLink::from(pinned)).map_err(|error| error.to_string())
+                })
+                .and_then(|link| {
+                    program
+                        .attach_to_link(link)
+                        .map_err(|error| error.to_string())
+                });
+            match replaced {
+                Ok(id) => {
+                    // The link stays pinned; the agent needs no handle to it.
+                    drop(program.take_link(id));
+                    return Ok(format!(
+                        "XDP ({}) on {interface}: program replaced in the pinned link",
+                        mode_name(mode)
+                    ));
+                }
+                Err(error) => {
+                    // A link whose interface went away is defunct: start over.
+                    warn!(interface, %error, "the pinned XDP link cannot take the new program; attaching afresh");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let aya_mode = match mode {
+            XdpMode::Native => aya::programs::XdpMode::Driver,
+            XdpMode::Skb => aya::programs::XdpMode::Skb,
+        };
+        let attach_error = |source| Error::Attach {
+            program: XDP_PROGRAM,
+            interface: interface.to_owned(),
+            source,
+        };
+        let id = program.attach(interface, aya_mode).map_err(attach_error)?;
+        let link = program.take_link(id).map_err(attach_error)?;
+        let link = FdLink::try_from(link).map_err(|_| Error::NoBpfLink {
+            what: "XDP",
+            interface: interface.to_owned(),
+        })?;
+        link.pin(&path).map_err(|source| Error::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        info!(interface, mode = mode_name(mode), "XDP attached");
+        Ok(format!(
+            "XDP ({}) on {interface}: attached and pinned",
+            mode_name(mode)
+        ))
+    }
+
+    fn attach_tc(&mut self, pin: &LinkPin, interface: &str) -> Result<String, Error> {
+        let path = self.pins.link(pin);
+        let program: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?;
+        if path.exists() {
+            let replaced = PinnedLink::from_pin(&path)
+                .map_err(|error| error.to_string())
+                .and_then(|pinned| {
+                    SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|error| error.to_string())
+                })
+                .and_then(|link| {
+                    program
+                        .attach_to_link(link)
+                        .map_err(|error| error.to_string())
+                });
+            match replaced {
+                Ok(id) => {
+                    drop(program.take_link(id));
+                    return Ok(format!(
+                        "TC egress on {interface}: program replaced in the pinned link"
+                    ));
+                }
+                Err(error) => {
+                    warn!(interface, %error, "the pinned TC link cannot take the new program; attaching afresh");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let attach_error = |source| Error::Attach {
+            program: TC_PROGRAM,
+            interface: interface.to_owned(),
+            source,
+        };
+        let id = program
+            .attach_with_options(
+                interface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(attach_error)?;
+        let link = program.take_link(id).map_err(attach_error)?;
+        let link = FdLink::try_from(link).map_err(|_| Error::NoBpfLink {
+            what: "TC",
+            interface: interface.to_owned(),
+        })?;
+        link.pin(&path).map_err(|source| Error::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        info!(interface, "TC egress attached");
+        Ok(format!("TC egress on {interface}: attached and pinned"))
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
+    program.try_into().map_err(|source| Error::Program {
+        program: name,
+        action: "open",
+        source,
+    })
+}
+
+fn check_kernel() -> Result<(), Error> {
+    let (major, minor) = MIN_KERNEL;
+    match KernelVersion::current() {
+        Ok(version) if version < KernelVersion::new(major as u8, minor as u8, 0) => {
+            Err(Error::KernelTooOld {
+                found: version.to_string(),
+            })
+        }
+        // Unknown: let the attach calls say what is missing.
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,321 @@
+//! The pin directory: every map at `<dir>/<MAP NAME>`, and the bpf_links that keep the
+//! programs attached at `<dir>/links/{xdp-native,xdp-skb,tc}-<interface>`.
+//!
+//! Pins outlive the agent: a stopped or restarted `tether run` leaves them, so the programs
+//! keep steering with the maps as they were, and the next agent re-opens both. Only
+//! `tether cleanup` removes them (which detaches the programs and frees the maps).
+use super::Error;
+use crate::model::XdpMode;
+use aya::maps::{MapInfo, MapType};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use tether_common::{MapKind, MapSpec, MAP_SPECS};
+
+/// Where `tether run`, `tether maps` and `tether cleanup` look by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tether";
+/// The usual bpffs mount point, mounted by the agent when nothing is mounted there.
+const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A program attachment, as its pin name records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkPin {
+    Xdp { interface: String, mode: XdpMode },
+    Tc { interface: String },
+}
+
+impl LinkPin {
+    pub fn file_name(&self) -> String {
+        match self {
+            LinkPin::Xdp { interface, mode } => format!("xdp-{}-{interface}", mode_name(*mode)),
+            LinkPin::Tc { interface } => format!("tc-{interface}"),
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        if let Some(interface) = name.strip_prefix("xdp-native-") {
+            return Some(LinkPin::Xdp {
+                interface: interface.to_owned(),
+                mode: XdpMode::Native,
+            });
+        }
+        if let Some(interface) = name.strip_prefix("xdp-skb-") {
+            return Some(LinkPin::Xdp {
+                interface: interface.to_owned(),
+                mode: XdpMode::Skb,
+            });
+        }
+        name.strip_prefix("tc-").map(|interface| LinkPin::Tc {
+            interface: interface.to_owned(),
+        })
+    }
+
+    pub fn interface(&self) -> &str {
+        match self {
+            LinkPin::Xdp { interface, .. } | LinkPin::Tc { interface } => interface,
+        }
+    }
+}
+
+pub fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Native => "native",
+        XdpMode::Skb => "skb",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+/// What `tether cleanup` removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: Vec<PathBuf>,
+    pub maps: Vec<PathBuf>,
+    /// Directories left in place (not empty: something else is pinned there), and why.
+    pub left: Vec<(PathBuf, String)>,
+}
+
+impl Pins {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn link(&self, link: &LinkPin) -> PathBuf {
+        self.links_dir().join(link.file_name())
+    }
+
+    /// True when any of the maps is pinned.
+    pub fn any_map_pinned(&self) -> bool {
+        MAP_SPECS.iter().any(|spec| self.map(spec.name).exists())
+    }
+
+    /// The pinned program attachments.
+    pub fn links(&self) -> Vec<(PathBuf, LinkPin)> {
+        let Ok(entries) = std::fs::read_dir(self.links_dir()) else {
+            return Vec::new();
+        };
+        let mut links: Vec<(PathBuf, LinkPin)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                LinkPin::parse(name.to_str()?).map(|link| (entry.path(), link))
+            })
+            .collect();
+        links.sort_by(|a, b| a.0.cmp(&b.0));
+        links
+    }
+
+    /// Makes sure the pin directory exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf
+    /// when the directory is under it and nothing is mounted there.
+    pub fn prepare(&self) -> Result<(), Error> {
+        let bpffs = Path::new(BPFFS);
+        if self.root.starts_with(bpffs) && !is_bpffs(bpffs) {
+            mount_bpffs(bpffs)?;
+        }
+        let existing = self
+            .root
+            .ancestors()
+            .find(|dir| dir.exists())
+            .unwrap_or(Path::new("/"));
+        if !is_bpffs(existing) {
+            return Err(Error::NotBpffs(self.root.clone()));
+        }
+        for dir in [self.root.clone(), self.links_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                what: format!("create {}", dir.display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks every pinned map against this build's schema, so an agent never reuses maps
+    /// whose layout it would misread (an upgrade that changed them needs `tether cleanup`).
+    pub fn check_schema(&self) -> Result<(), Error> {
+        for spec in &MAP_SPECS {
+            let path = self.map(spec.name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapInfo::from_pin(&path).map_err(|source| Error::OpenPin {
+                path: path.clone(),
+                source,
+            })?;
+            let found = (
+                info.map_type().ok(),
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+            );
+            let wanted = (
+                Some(map_type(spec)),
+                spec.key_size,
+                spec.value_size,
+                spec.max_entries,
+            );
+            if found != wanted {
+                return Err(Error::SchemaMismatch {
+                    path,
+                    found: format!(
+                        "{:?}, key {} B, value {} B, {} entries",
+                        found.0, found.1, found.2, found.3
+                    ),
+                    wanted: format!(
+                        "{:?}, key {} B, value {} B, {} entries",
+                        spec.kind, spec.key_size, spec.value_size, spec.max_entries
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes tether's pins: links first (which detaches the programs), then the maps, then
+    /// the directories if nothing else is in them. Only names tether pins are touched, so a
+    /// mistaken `--pin-dir` cannot take other programs' pins with it. Returns what was removed;
+    /// nothing when nothing was pinned.
+    pub fn cleanup(&self) -> Result<Removed, Error> {
+        let mut removed = Removed::default();
+        if !self.root.exists() {
+            return Ok(removed);
+        }
+        let remove = |path: &Path| {
+            std::fs::remove_file(path).map_err(|source| Error::Io {
+                what: format!("remove {}", path.display()),
+                source,
+            })
+        };
+        for (path, _) in self.links() {
+            remove(&path)?;
+            removed.links.push(path);
+        }
+        for spec in &MAP_SPECS {
+            let path = self.map(spec.name);
+            if path.exists() {
+                remove(&path)?;
+                removed.maps.push(path);
+            }
+        }
+        for dir in [self.links_dir(), self.root.clone()] {
+            if dir.exists() {
+                if let Err(error) = std::fs::remove_dir(&dir) {
+                    removed.left.push((dir, error.to_string()));
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn map_type(spec: &MapSpec) -> MapType {
+    match spec.kind {
+        MapKind::Array => MapType::Array,
+        MapKind::Hash => MapType::Hash,
+        MapKind::LruHash => MapType::LruHash,
+        MapKind::PerCpuArray => MapType::PerCpuArray,
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn mount_bpffs(path: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(path).map_err(|source| Error::Io {
+        what: format!("create {}", path.display()),
+        source,
+    })?;
+    let target =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::NotBpffs(path.into()))?;
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let result = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if result != 0 {
+        return Err(Error::Io {
+            what: format!("mount bpffs at {}", path.display()),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    tracing::info!(path = %path.display(), "mounted bpffs");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        for link in [
+            LinkPin::Xdp {
+                interface: "eth0".into(),
+                mode: XdpMode::Native,
+            },
+            LinkPin::Xdp {
+                interface: "veth-a.1".into(),
+                mode: XdpMode::Skb,
+            },
+            LinkPin::Tc {
+                interface: "eth0".into(),
+            },
+        ] {
+            assert_eq!(LinkPin::parse(&link.file_name()), Some(link.clone()));
+        }
+        assert_eq!(LinkPin::parse("something-else"), None);
+    }
+
+    #[test]
+    fn paths_live_under_the_root() {
+        let pins = Pins::new("/sys/fs/bpf/tether");
+        assert_eq!(
+            pins.map("TETHER_TARGETS"),
+            PathBuf::from("/sys/fs/bpf/tether/TETHER_TARGETS")
+        );
+        assert_eq!(
+            pins.link(&LinkPin::Tc {
+                interface: "eth0".into()
+            }),
+            PathBuf::from("/sys/fs/bpf/tether/links/tc-eth0")
+        );
+    }
+
+    #[test]
+    fn a_directory_off_bpffs_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tether-pins-{}", std::process::id()));
+        match Pins::new(&dir).prepare() {
+            Err(Error::NotBpffs(path)) => assert_eq!(path, dir),
+            other => panic!("{other:?}"),
+        }
+    }
+}
