@@ -24,6 +24,8 @@ pub struct Tables {
     pub generation: u64,
     pub timeouts: ProxyTimeouts,
     pub max_header_bytes: usize,
+    /// Whether any route matches on host; if none does, requests skip reading it.
+    pub routes_by_host: bool,
     routes: Vec<CompiledRoute>,
     services: Vec<ServiceTable>,
 }
@@ -80,6 +82,7 @@ impl Tables {
             generation,
             timeouts,
             max_header_bytes,
+            routes_by_host: routes.iter().any(|(_, route)| route.host.is_some()),
             routes: routes.into_iter().map(|(_, route)| route).collect(),
             services,
         }

@@ -159,7 +159,9 @@ fn traffic_json(t: &TrafficCounters) -> Value {
 fn services(maps: &Maps, state: &KernelState) -> Result<Rendered, Error> {
     let mut rows = Vec::new();
     let mut list = Vec::new();
-    for (key, service) in &state.services {
+    let mut services: Vec<_> = state.services.iter().collect();
+    services.sort_by(|a, b| a.1.entry.name().cmp(b.1.entry.name()).then(a.0.cmp(b.0)));
+    for (key, service) in services {
         let entry = &service.entry;
         let t = traffic(&maps.service_counters, entry.service_id)?;
         let hashing = if entry.hashing == Hashing::CLIENT_IP {
@@ -213,7 +215,9 @@ fn services(maps: &Maps, state: &KernelState) -> Result<Rendered, Error> {
 fn targets(maps: &Maps, state: &KernelState) -> Result<Rendered, Error> {
     let mut rows = Vec::new();
     let mut list = Vec::new();
-    for service in state.services.values() {
+    let mut services: Vec<_> = state.services.values().collect();
+    services.sort_by(|a, b| a.entry.name().cmp(b.entry.name()));
+    for service in services {
         let row = service.row.as_deref().unwrap_or(&[]);
         for (address, (id, entry)) in &service.targets {
             let slots = row.iter().filter(|slot| *slot == id).count() as u64;

@@ -181,6 +181,10 @@ impl Dataplane {
         metrics: DataplaneMetrics,
     ) -> Result<Self, Error> {
         let started = Instant::now();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::NotRoot("the dataplane section (kernel services)"));
+        }
         let object = object::locate(options.object.as_deref())?;
         let pins = Pins::new(&options.pin_dir);
         let (mut kernel, maps) = Kernel::load(&object, &pins)?;

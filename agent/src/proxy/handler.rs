@@ -45,7 +45,11 @@ pub async fn handle(
     let shared = &connection.shared;
     let outcomes = &shared.outcomes;
     let tables = shared.tables.load_full();
-    let host = headers::routing_host(request.headers(), request.uri());
+    let host = if tables.routes_by_host {
+        headers::routing_host(request.headers(), request.uri())
+    } else {
+        None
+    };
     let Some(service) = tables.route(host.as_deref(), request.uri().path()) else {
         outcomes.no_route.inc();
         debug!(
@@ -68,14 +72,14 @@ pub async fn handle(
     let method = parts.method.clone();
     let retryable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(
-        &mut parts.headers,
-        connection.client.ip(),
-        connection.local_port,
-    );
-    if let Some(path) = parts.uri.path_and_query() {
-        // Targets get origin-form, whatever form the client used.
-        if let Ok(uri) = path.as_str().parse() {
+    headers::add_forwarded(&mut parts.headers, &connection.forwarded);
+    // Targets get origin-form, whatever form the client used.
+    if parts.uri.authority().is_some() {
+        if let Some(uri) = parts
+            .uri
+            .path_and_query()
+            .and_then(|p| p.as_str().parse().ok())
+        {
             parts.uri = uri;
         }
     }
@@ -83,7 +87,7 @@ pub async fn handle(
     let retry_parts = retryable.then(|| rebuild_parts(&parts));
     let mut upstream_request = Some(Request::from_parts(parts, Either::Left(body)));
     let timeouts = tables.timeouts;
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = Tried::default();
     let response = loop {
         let Some(index) = target else {
             break Err(no_target(service, outcomes, &tried));
@@ -349,7 +353,7 @@ impl Connection {
 fn no_target(
     service: &ServiceTable,
     outcomes: &OutcomeCounters,
-    tried: &[usize],
+    tried: &Tried,
 ) -> Response<ProxyBody> {
     if tried.is_empty() {
         outcomes.no_target.inc();
@@ -380,6 +384,34 @@ fn failed(
     outcomes.upstream_error.inc();
     warn!(service = &*service.name, target = &*slot.label, "{why}");
     plain(StatusCode::BAD_GATEWAY, "the target failed to answer\n")
+}
+
+/// The targets a request has tried, at most [`MAX_ATTEMPTS`]; no allocation per request.
+#[derive(Default)]
+struct Tried {
+    targets: [usize; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, target: usize) {
+        if self.len < MAX_ATTEMPTS {
+            self.targets[self.len] = target;
+            self.len += 1;
+        }
+    }
+
+    fn contains(&self, target: &usize) -> bool {
+        self.targets[..self.len].contains(target)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// tether's own short answers.

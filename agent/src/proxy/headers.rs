@@ -61,20 +61,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Adds X-Forwarded-For (appended), X-Forwarded-Proto/-Host/-Port (set) and Via.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, listen_port: u16) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientValues) {
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): keep every hop, in order.
-    let mut forwarded_for: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let client = client.to_string();
-    forwarded_for.push(&client);
-    let forwarded_for = forwarded_for.join(", ");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut forwarded_for: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        forwarded_for.push(client.ip.to_str().unwrap_or_default());
+        let forwarded_for = forwarded_for.join(", ");
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), client.ip.clone());
     }
     // The client's own claims about scheme and host are overwritten: this hop knows better.
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -83,8 +86,25 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, listen_port: u16) 
     } else {
         headers.remove(&X_FORWARDED_HOST);
     }
-    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(listen_port));
+    headers.insert(X_FORWARDED_PORT.clone(), client.listen_port.clone());
     add_via(headers);
+}
+
+/// Header values fixed for a client connection, rendered once when it is accepted.
+#[derive(Debug, Clone)]
+pub struct ClientValues {
+    pub ip: HeaderValue,
+    pub listen_port: HeaderValue,
+}
+
+impl ClientValues {
+    pub fn new(client: IpAddr, listen_port: u16) -> Self {
+        Self {
+            ip: HeaderValue::from_str(&client.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            listen_port: HeaderValue::from(listen_port),
+        }
+    }
 }
 
 pub fn add_via(headers: &mut HeaderMap) {
@@ -156,7 +176,10 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("host", "shop.example.com:8080"),
         ]);
-        add_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), 8080);
+        add_forwarded(
+            &mut map,
+            &ClientValues::new("127.0.0.1".parse().expect("ip"), 8080),
+        );
         assert_eq!(
             map.get(&X_FORWARDED_FOR).expect("xff"),
             "203.0.113.9, 127.0.0.1"
@@ -176,7 +199,10 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-for", "198.51.100.7, 192.0.2.1"),
         ]);
-        add_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), 8080);
+        add_forwarded(
+            &mut map,
+            &ClientValues::new("127.0.0.1".parse().expect("ip"), 8080),
+        );
         let values: Vec<_> = map.get_all(&X_FORWARDED_FOR).iter().collect();
         assert_eq!(values, ["203.0.113.9, 198.51.100.7, 192.0.2.1, 127.0.0.1"]);
     }

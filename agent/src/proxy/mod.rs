@@ -35,7 +35,8 @@ pub struct Connection {
     pub shared: Arc<Shared>,
     pub upstreams: Rc<Upstreams>,
     pub client: SocketAddr,
-    pub local_port: u16,
+    /// X-Forwarded-For and -Port values for this client, rendered once.
+    pub forwarded: headers::ClientValues,
     served: Cell<u64>,
 }
 
@@ -148,7 +149,7 @@ fn run_worker(
                             shared: shared.clone(),
                             upstreams: upstreams.clone(),
                             client,
-                            local_port,
+                            forwarded: headers::ClientValues::new(client.ip(), local_port),
                             served: Cell::new(0),
                         });
                         tokio::task::spawn_local(serve(stream, connection, shutdown.clone()));

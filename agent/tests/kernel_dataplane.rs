@@ -1,0 +1,621 @@
+//! The kernel data plane end to end, in network namespaces: a client, a node running the real
+//! `tether` with XDP on its client-facing veth (and TC on that veth's egress), and three pods
+//! with real TCP servers. Each test builds its own namespaces (unique names, deleted on drop),
+//! its own pin directory (removed with `tether cleanup` on drop), and never touches the host's
+//! interfaces; the 10.x addresses exist only inside its namespaces.
+//!
+//! Transmit checksum offload is off on the client's and the pods' veths, so every packet
+//! carries a complete checksum that the receiver verifies: a wrong incremental update in the
+//! XDP DNAT or the TC reverse NAT would show as a connection that never completes.
+//!
+//! Privileged: root runs them; otherwise they fail, unless `TETHER_SKIP_PRIVILEGED=1`.
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tether_tests::netns::{privileged, require_kernel, unique, veth, Netns};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const VIP_PORT: u16 = 80;
+const POD_PORT: u16 = 8080;
+const PODS: usize = 3;
+/// Connections opened to see them spread.
+const SPREAD: usize = 30;
+/// Bound on every wait for the agent, the maps or a socket.
+const WAIT: Duration = Duration::from_secs(20);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn pod_addr(pod: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, pod as u8 + 1, 2)
+}
+
+fn pod_target(pod: usize) -> SocketAddr {
+    SocketAddr::from((pod_addr(pod), POD_PORT))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods: line servers that answer "pod-N LINE".
+
+struct Pod {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pod {
+    fn start(netns: &Netns, index: usize) -> Result<Self> {
+        let name = format!("pod-{index}");
+        let listener = netns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, POD_PORT)))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            let name = name.clone();
+            std::thread::spawn(move || serve(listener, &name, &stop))
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(listener: TcpListener, name: &str, stop: &Arc<AtomicBool>) {
+    let mut connections = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let stop = stop.clone();
+                let name = name.to_owned();
+                connections.push(std::thread::spawn(move || answer(stream, &name, &stop)));
+            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => break,
+        }
+    }
+    for connection in connections {
+        let _ = connection.join();
+    }
+}
+
+/// Answers each line with "NAME LINE" until the peer closes, an error, or stop.
+fn answer(stream: TcpStream, name: &str, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if writer
+                    .write_all(format!("{name} {line}").as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                line.clear();
+            }
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The topology and the agent
+
+/// Everything one test runs on. Dropped in field order: the agent stops, its pins are
+/// cleaned up (detaching the programs), the pods stop, then the namespaces go.
+struct Lab {
+    agent: Option<Child>,
+    pins: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    dir: PathBuf,
+    pods: Vec<Pod>,
+    client: Netns,
+    node: Netns,
+    _pod_namespaces: Vec<Netns>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Result<Self> {
+        let id = unique(&format!("tt-{tag}"));
+        let client = Netns::new(format!("{id}-c"))?;
+        let node = Netns::new(format!("{id}-n"))?;
+        veth(&client, "c0", &node, "n0")?;
+        client.ip(&["addr", "add", "10.77.0.2/24", "dev", "c0"])?;
+        client.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.77.0.1"])?;
+        client.disable_tx_checksum("c0")?;
+        node.ip(&["addr", "add", "10.77.0.1/24", "dev", "n0"])?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        let mut pod_namespaces = Vec::new();
+        let mut pods = Vec::new();
+        for pod in 0..PODS {
+            let netns = Netns::new(format!("{id}-p{pod}"))?;
+            let node_side = format!("p{pod}");
+            veth(&netns, "eth0", &node, &node_side)?;
+            netns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", pod_addr(pod)),
+                "dev",
+                "eth0",
+            ])?;
+            let gateway = Ipv4Addr::new(10, 77, pod as u8 + 1, 1);
+            netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+            netns.disable_tx_checksum("eth0")?;
+            node.ip(&["addr", "add", &format!("{gateway}/24"), "dev", &node_side])?;
+            pods.push(Pod::start(&netns, pod)?);
+            pod_namespaces.push(netns);
+        }
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            agent: None,
+            pins: PathBuf::from("/sys/fs/bpf").join(&id),
+            config: dir.join("tether.yaml"),
+            log: dir.join("tether.log"),
+            dir,
+            pods,
+            client,
+            node,
+            _pod_namespaces: pod_namespaces,
+        })
+    }
+
+    /// Writes the configuration: the pods in `targets` with their weights.
+    fn configure(&self, targets: &[(usize, u32)]) -> Result<()> {
+        let mut yaml = format!(
+            "dataplane:\n  interfaces: [n0]\n  xdpMode: native\nservices:\n  web:\n    listen: {VIP}:{VIP_PORT}\n    protocol: tcp\n    targets:\n"
+        );
+        for (pod, weight) in targets {
+            yaml.push_str(&format!(
+                "      - {{address: {}, weight: {weight}}}\n",
+                pod_target(*pod)
+            ));
+        }
+        let temporary = self.config.with_extension("tmp");
+        std::fs::write(&temporary, yaml)?;
+        std::fs::rename(&temporary, &self.config)?;
+        Ok(())
+    }
+
+    /// Starts `tether run` in the node namespace and waits until it runs.
+    fn start_agent(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let marker = self.logs().matches("tether is running").count();
+        let child = self
+            .node
+            .command(TETHER)?
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .arg("--pin-dir")
+            .arg(&self.pins)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start tether")?;
+        self.agent = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.logs().matches("tether is running").count() > marker {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .agent
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("tether exited with {status}:\n{}", self.logs());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "tether did not start:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and waits for the exit.
+    fn stop_agent(&mut self) -> Result<()> {
+        let Some(mut child) = self.agent.take() else {
+            return Ok(());
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(status.success(), "tether exited with {status}");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("tether did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `tether maps VIEW --json`, run as its own process as an operator would.
+    fn maps(&self, view: &str) -> Result<Value> {
+        let output = std::process::Command::new(TETHER)
+            .args(["maps", view, "--json", "--pin-dir"])
+            .arg(&self.pins)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "tether maps {view}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The targets in the maps: address → state.
+    fn target_states(&self) -> Result<BTreeMap<String, String>> {
+        let targets = self.maps("targets")?;
+        Ok(targets["targets"]
+            .as_array()
+            .context("targets")?
+            .iter()
+            .map(|t| {
+                (
+                    t["address"].as_str().unwrap_or_default().to_owned(),
+                    t["state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// Rewrites the configuration and waits until the maps show `expected` target states.
+    fn reconfigure(&self, targets: &[(usize, u32)], expected: &[(usize, &str)]) -> Result<()> {
+        self.configure(targets)?;
+        let expected: BTreeMap<String, String> = expected
+            .iter()
+            .map(|(pod, state)| (pod_target(*pod).to_string(), state.to_string()))
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let states = self.target_states()?;
+            if states == expected {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the maps show {states:?}, expected {expected:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A connection from the client to the VIP.
+    fn connect(&self) -> Result<Connection> {
+        let stream = self
+            .client
+            .run(|| TcpStream::connect_timeout(&SocketAddr::from((VIP, VIP_PORT)), IO_TIMEOUT))?
+            .context("connect to the VIP")?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Connection { stream, reader })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Detaches the programs and removes the maps; the namespaces then go with the fields.
+        let cleanup = std::process::Command::new(TETHER)
+            .args(["cleanup", "--pin-dir"])
+            .arg(&self.pins)
+            .output();
+        if let Ok(output) = cleanup {
+            if !output.status.success() {
+                eprintln!("cleanup: {}", String::from_utf8_lossy(&output.stderr));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.pods.clear();
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    /// Sends a line and returns the pod that echoed it.
+    fn ask(&mut self, line: &str) -> Result<String> {
+        self.stream.write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        let read = self.reader.read_line(&mut answer)?;
+        ensure!(read > 0, "the connection was closed");
+        let (pod, echoed) = answer.trim_end().split_once(' ').context("an answer")?;
+        ensure!(echoed == line, "echoed {echoed:?} for {line:?}");
+        Ok(pod.to_owned())
+    }
+
+    fn local_port(&self) -> Result<u16> {
+        Ok(self.stream.local_addr()?.port())
+    }
+}
+
+/// Opens `count` connections and returns how many each pod took.
+fn spread(lab: &Lab, count: usize) -> Result<BTreeMap<String, usize>> {
+    let mut pods = BTreeMap::new();
+    for i in 0..count {
+        let mut connection = lab.connect()?;
+        let pod = connection.ask(&format!("hello {i}"))?;
+        *pods.entry(pod).or_default() += 1;
+    }
+    Ok(pods)
+}
+
+fn pod_name(pod: usize) -> String {
+    format!("pod-{pod}")
+}
+
+fn pod_index(name: &str) -> Result<usize> {
+    name.strip_prefix("pod-")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("pod name {name}"))
+}
+
+fn ready(test: &str) -> bool {
+    if !privileged(test) {
+        return false;
+    }
+    require_kernel(
+        tether::dataplane::MIN_KERNEL.0,
+        tether::dataplane::MIN_KERNEL.1,
+        "the kernel data plane (bpf_link for XDP and TCX)",
+    );
+    true
+}
+
+fn all_active() -> Vec<(usize, u32)> {
+    (0..PODS).map(|pod| (pod, 100)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// New connections spread; a long-lived connection keeps its pod after the pod is drained
+/// while every new connection avoids it; `tether maps flows --json` shows the flow; the
+/// connection survives a restart of the agent (and the time it is down).
+#[test]
+fn drained_flows_stay_and_survive_an_agent_restart() -> Result<()> {
+    if !ready("drained_flows_stay_and_survive_an_agent_restart") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("drain")?;
+    lab.configure(&all_active())?;
+    lab.start_agent()?;
+
+    // New connections spread over the pods.
+    let first = spread(&lab, SPREAD)?;
+    assert_eq!(first.len(), PODS, "every pod gets connections: {first:?}");
+
+    // A long-lived connection, and its pod drained.
+    let mut long = lab.connect()?;
+    let pinned = long.ask("first")?;
+    let pinned_pod = pod_index(&pinned)?;
+    let mut targets = all_active();
+    targets[pinned_pod].1 = 0;
+    let states: Vec<(usize, &str)> = (0..PODS)
+        .map(|pod| {
+            (
+                pod,
+                if pod == pinned_pod {
+                    "draining"
+                } else {
+                    "active"
+                },
+            )
+        })
+        .collect();
+    lab.reconfigure(&targets, &states)?;
+    for i in 0..5 {
+        assert_eq!(long.ask(&format!("while draining {i}"))?, pinned);
+    }
+    let during = spread(&lab, SPREAD)?;
+    assert!(
+        !during.contains_key(&pinned),
+        "new connections avoid {pinned}: {during:?}"
+    );
+    assert_eq!(during.len(), PODS - 1, "and use the others: {during:?}");
+
+    // The flow is in the maps, pinned to the draining pod.
+    let flows = lab.maps("flows")?;
+    let port = long.local_port()?;
+    let flow = flows["flows"]
+        .as_array()
+        .context("flows")?
+        .iter()
+        .find(|f| f["client"] == format!("10.77.0.2:{port}").as_str())
+        .with_context(|| format!("no flow from port {port} in {flows}"))?;
+    assert_eq!(flow["vip"], format!("{VIP}:{VIP_PORT}").as_str());
+    assert_eq!(flow["target"], pod_target(pinned_pod).to_string().as_str());
+    assert_eq!(flow["state"], "draining");
+    assert_eq!(flow["protocol"], "tcp");
+
+    // The agent stops: the pinned programs and maps keep steering.
+    lab.stop_agent()?;
+    assert_eq!(long.ask("agent stopped")?, pinned);
+    let down = spread(&lab, 6)?;
+    assert!(!down.contains_key(&pinned), "{down:?}");
+
+    // It comes back: same maps, programs swapped into the pinned links, nothing rewritten.
+    lab.start_agent()?;
+    let logs = lab.logs();
+    assert!(
+        logs.contains("program replaced in the pinned link"),
+        "{logs}"
+    );
+    assert!(logs.contains("reopened_services=1"), "{logs}");
+    for i in 0..5 {
+        assert_eq!(long.ask(&format!("after restart {i}"))?, pinned);
+    }
+    let after = spread(&lab, SPREAD)?;
+    assert!(!after.contains_key(&pinned), "{after:?}");
+    lab.stop_agent()?;
+    Ok(())
+}
+
+/// Removing a target ends the flows pinned to it (its packets are re-picked, and the pod that
+/// gets them resets the connection) and only those; `tether cleanup` then detaches everything.
+#[test]
+fn removing_a_target_ends_only_its_flows() -> Result<()> {
+    if !ready("removing_a_target_ends_only_its_flows") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("remove")?;
+    lab.configure(&all_active())?;
+    lab.start_agent()?;
+
+    // One long-lived connection on every pod.
+    let mut connections: BTreeMap<usize, Connection> = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    while connections.len() < PODS {
+        ensure!(Instant::now() < deadline, "could not reach every pod");
+        let mut connection = lab.connect()?;
+        let pod = pod_index(&connection.ask("hello")?)?;
+        connections.entry(pod).or_insert(connection);
+    }
+
+    let removed = 1;
+    let remaining: Vec<(usize, u32)> = (0..PODS)
+        .filter(|p| *p != removed)
+        .map(|p| (p, 100))
+        .collect();
+    let states: Vec<(usize, &str)> = remaining.iter().map(|(p, _)| (*p, "active")).collect();
+    lab.reconfigure(&remaining, &states)?;
+
+    // The removed pod's connection ends: a reset or a close, never an answer.
+    let mut gone = connections
+        .remove(&removed)
+        .context("connection to the removed pod")?;
+    let ended = match gone.ask("after removal") {
+        Err(_) => true,
+        Ok(pod) => bail!("the removed target's flow still got an answer from {pod}"),
+    };
+    assert!(ended);
+    // The others carry on with their pods.
+    for (pod, connection) in &mut connections {
+        for i in 0..3 {
+            assert_eq!(connection.ask(&format!("still here {i}"))?, pod_name(*pod));
+        }
+    }
+    let after = spread(&lab, SPREAD)?;
+    assert!(!after.contains_key(&pod_name(removed)), "{after:?}");
+    assert_eq!(after.len(), PODS - 1, "{after:?}");
+
+    let stats = lab.maps("stats")?;
+    assert!(stats["counters"]["repicked"].as_u64() >= Some(1), "{stats}");
+
+    // Stopping leaves everything attached; cleanup detaches it and removes the pins.
+    lab.stop_agent()?;
+    let output = std::process::Command::new(TETHER)
+        .args(["cleanup", "--pin-dir"])
+        .arg(&lab.pins)
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("detached") && text.contains("xdp-native-n0"),
+        "{text}"
+    );
+    assert!(!Path::new(&lab.pins).exists());
+    let output = std::process::Command::new(TETHER)
+        .args(["maps", "flows", "--pin-dir"])
+        .arg(&lab.pins)
+        .output()?;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("nothing is pinned"),
+        "{output:?}"
+    );
+    // Without the programs, the VIP is nobody's: connecting fails.
+    assert!(lab.connect().is_err());
+    Ok(())
+}
+
+/// `tether maps` and `tether cleanup` say plainly what is wrong: not root, or nothing pinned.
+#[test]
+fn maps_and_cleanup_explain_what_is_missing() -> Result<()> {
+    if !privileged("maps_and_cleanup_explain_what_is_missing") {
+        return Ok(());
+    }
+    let nowhere = PathBuf::from("/sys/fs/bpf").join(unique("tt-none"));
+    let run = |args: &[&str], as_nobody: bool| -> Result<std::process::Output> {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(TETHER);
+        command.args(args).arg("--pin-dir").arg(&nowhere);
+        if as_nobody {
+            // SAFETY: only setgid/setuid, async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::setgid(65_534) != 0 || libc::setuid(65_534) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Ok(command.output()?)
+    };
+    for view in ["services", "targets", "flows", "stats"] {
+        let output = run(&["maps", view], false)?;
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("nothing is pinned at"), "{stderr}");
+        let output = run(&["maps", view, "--json"], true)?;
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("needs root"), "{stderr}");
+    }
+    let output = run(&["cleanup"], true)?;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs root"));
+    let output = run(&["cleanup"], false)?;
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("nothing pinned"));
+    Ok(())
+}
