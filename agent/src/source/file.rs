@@ -4,6 +4,7 @@
 //! (serde_yaml reports path, line and column); then [`Validator`] applies the rules Kong's CRD
 //! enforces and tether's own, pointing at the offending field through [`Locations`].
 use super::locate::Locations;
+use super::policy::{self, HashOnSpec, PolicySpec, StickySessionsSpec};
 use crate::duration::serde_duration;
 use crate::model::{
     AdminSettings, Balancing, DataplaneSettings, Frontend, HashOn, HostMatch, KernelHashing,
@@ -214,6 +215,19 @@ struct RawHashOn {
     uri_capture: Option<String>,
 }
 
+impl RawHashOn {
+    fn into_spec(self) -> HashOnSpec {
+        HashOnSpec {
+            input: self.input,
+            header: self.header,
+            cookie: self.cookie,
+            cookie_path: self.cookie_path,
+            query_arg: self.query_arg,
+            uri_capture: self.uri_capture,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawStickySessions {
@@ -397,9 +411,7 @@ impl Validator<'_> {
             }
             (Some(prefix), None) => {
                 self.check_path(&format!("{at}.match.pathPrefix"), &prefix)?;
-                // "/echo/" and "/echo" both mean the path elements under /echo.
-                let trimmed = prefix.trim_end_matches('/');
-                PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.to_string())
+                super::prefix_match(&prefix)
             }
             (None, Some(exact)) => {
                 self.check_path(&format!("{at}.match.path"), &exact)?;
@@ -426,25 +438,7 @@ impl Validator<'_> {
     }
 
     fn host(&self, field: &str, host: &str) -> Result<HostMatch, ConfigError> {
-        let lower = host.to_ascii_lowercase();
-        let valid_label = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        };
-        if let Some(suffix) = lower.strip_prefix("*.") {
-            if suffix.split('.').all(valid_label) {
-                return Ok(HostMatch::Wildcard(suffix.to_string()));
-            }
-        } else if lower.split('.').all(valid_label) {
-            return Ok(HostMatch::Exact(lower));
-        }
-        Err(self.error(
-            field,
-            format!("{host:?} is not a host name (a wildcard may only be a leading *.)"),
-        ))
+        super::host_match(host).map_err(|message| self.error(field, message))
     }
 
     fn dataplane(&self, raw: RawDataplane) -> Result<DataplaneSettings, ConfigError> {
@@ -577,157 +571,33 @@ impl Validator<'_> {
         })
     }
 
-    /// Kong's KongUpstreamPolicy validation (its CRD's CEL rules), then tether's support.
+    /// Kong's KongUpstreamPolicy validation, shared with the Kubernetes source ([`policy`]).
     fn policy(&mut self, at: &str, raw: RawPolicy) -> Result<Balancing, ConfigError> {
-        if let Some(slots) = raw.slots {
-            if !(10..=65_536).contains(&slots) {
-                return Err(self.error(format!("{at}.slots"), "must be between 10 and 65536"));
-            }
-        }
-        if raw.healthchecks.is_some() {
-            self.warnings.push(format!(
-                "{at}.healthchecks: accepted but not applied; tether re-pins on connection failure instead"
-            ));
-        }
-        let algorithm = raw.algorithm.as_deref().unwrap_or("round-robin");
-        let hash_on = match &raw.hash_on {
-            None => None,
-            Some(hash) => self.hash_on(&format!("{at}.hashOn"), hash)?,
+        let spec = PolicySpec {
+            algorithm: raw.algorithm,
+            slots: raw.slots,
+            hash_on: raw.hash_on.map(RawHashOn::into_spec),
+            hash_on_fallback: raw.hash_on_fallback.map(RawHashOn::into_spec),
+            healthchecks: raw
+                .healthchecks
+                .map(|h| serde_json::to_value(h).unwrap_or(serde_json::Value::Null)),
+            sticky_sessions: raw.sticky_sessions.map(|s| StickySessionsSpec {
+                cookie: s.cookie,
+                cookie_path: s.cookie_path,
+            }),
         };
-        if let Some(sticky) = &raw.sticky_sessions {
-            if algorithm != "sticky-sessions" {
-                return Err(self.error(
-                    format!("{at}.algorithm"),
-                    "must be sticky-sessions when stickySessions is set",
-                ));
-            }
-            let input = raw.hash_on.as_ref().and_then(|h| h.input.as_deref());
-            if input != Some("none") || hash_on.is_some() {
-                return Err(self.error(
-                    format!("{at}.hashOn.input"),
-                    "stickySessions requires hashOn.input: none and no other hashOn field",
-                ));
-            }
-            if raw.hash_on_fallback.is_some() {
-                return Err(self.error(
-                    format!("{at}.hashOnFallback"),
-                    "not allowed with stickySessions",
-                ));
-            }
-            let Some(cookie) = sticky.cookie.as_deref().filter(|c| !c.is_empty()) else {
-                return Err(self.error(
-                    format!("{at}.stickySessions.cookie"),
-                    "is required: the name of the session cookie",
-                ));
+        let valid = policy::balancing(&spec).map_err(|e| {
+            let field = if e.field.is_empty() {
+                at.to_string()
+            } else {
+                format!("{at}.{}", e.field)
             };
-            self.check_cookie_name(&format!("{at}.stickySessions.cookie"), cookie)?;
-            let mut session = SessionCookie::named(cookie);
-            if let Some(path) = &sticky.cookie_path {
-                self.check_cookie_value(&format!("{at}.stickySessions.cookiePath"), path)?;
-                session.path = path.clone();
-            }
-            return Ok(Balancing::StickySessions(session));
+            self.error(field, e.message)
+        })?;
+        for (field, message) in valid.warnings {
+            self.warnings.push(format!("{at}.{field}: {message}"));
         }
-        let fallback = match &raw.hash_on_fallback {
-            None => None,
-            Some(hash) => {
-                let field = format!("{at}.hashOnFallback");
-                if hash_on.is_none() {
-                    return Err(self.error(field, "needs hashOn"));
-                }
-                if matches!(hash_on, Some(HashOn::Cookie { .. })) {
-                    return Err(self.error(field, "is not allowed when hashOn.cookie is set"));
-                }
-                self.hash_on(&field, hash)?
-            }
-        };
-        match algorithm {
-            "sticky-sessions" => Err(self.error(
-                format!("{at}.stickySessions"),
-                "is required by algorithm sticky-sessions",
-            )),
-            "round-robin" | "least-connections" if hash_on.is_some() => Err(self.error(
-                format!("{at}.hashOn"),
-                format!("has no effect with algorithm {algorithm}; use consistent-hashing"),
-            )),
-            "round-robin" => Ok(Balancing::RoundRobin),
-            "least-connections" => Ok(Balancing::LeastConnections),
-            "consistent-hashing" => match hash_on {
-                Some(hash_on) => Ok(Balancing::ConsistentHashing { hash_on, fallback }),
-                None => Err(self.error(
-                    format!("{at}.hashOn"),
-                    "consistent-hashing needs hashOn with input ip or path, header, cookie or queryArg",
-                )),
-            },
-            "latency" => Err(self.error(
-                format!("{at}.algorithm"),
-                "latency is not supported by tether; use least-connections",
-            )),
-            other => Err(self.error(
-                format!("{at}.algorithm"),
-                format!(
-                    "unknown algorithm {other:?}: expected round-robin, consistent-hashing, least-connections or sticky-sessions"
-                ),
-            )),
-        }
-    }
-
-    /// Kong allows exactly one hash source; `input: none` means "no hashing".
-    fn hash_on(&self, at: &str, raw: &RawHashOn) -> Result<Option<HashOn>, ConfigError> {
-        let set: Vec<&str> = [
-            ("input", raw.input.is_some()),
-            ("header", raw.header.is_some()),
-            ("cookie", raw.cookie.is_some()),
-            ("queryArg", raw.query_arg.is_some()),
-            ("uriCapture", raw.uri_capture.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, present)| present.then_some(name))
-        .collect();
-        if set.len() > 1 {
-            return Err(self.error(
-                format!("{at}.{}", set[1]),
-                format!("only one of {} may be set", set.join(", ")),
-            ));
-        }
-        if raw.cookie_path.is_some() && raw.cookie.is_none() {
-            return Err(self.error(format!("{at}.cookiePath"), "needs cookie"));
-        }
-        if let Some(input) = &raw.input {
-            return match input.as_str() {
-                "none" => Ok(None),
-                "ip" => Ok(Some(HashOn::ClientIp)),
-                "path" => Ok(Some(HashOn::Path)),
-                "consumer" => Err(self.error(
-                    format!("{at}.input"),
-                    "consumer needs Kong's authentication plugins, which tether does not have",
-                )),
-                other => Err(self.error(
-                    format!("{at}.input"),
-                    format!("unknown input {other:?}: expected none, ip, path or consumer"),
-                )),
-            };
-        }
-        if let Some(header) = &raw.header {
-            return Ok(Some(HashOn::Header(header.to_ascii_lowercase())));
-        }
-        if let Some(cookie) = &raw.cookie {
-            self.check_cookie_name(&format!("{at}.cookie"), cookie)?;
-            return Ok(Some(HashOn::Cookie {
-                name: cookie.clone(),
-                path: raw.cookie_path.clone().unwrap_or_else(|| "/".into()),
-            }));
-        }
-        if let Some(arg) = &raw.query_arg {
-            return Ok(Some(HashOn::QueryArg(arg.clone())));
-        }
-        if raw.uri_capture.is_some() {
-            return Err(self.error(
-                format!("{at}.uriCapture"),
-                "regex route captures are not supported by tether",
-            ));
-        }
-        Err(self.error(at, "set one of input, header, cookie or queryArg"))
+        Ok(valid.balancing)
     }
 
     fn session_cookie(
@@ -744,17 +614,10 @@ impl Validator<'_> {
         cookie.secure = raw.secure.unwrap_or(false);
         cookie.same_site = match raw.same_site.as_deref() {
             None => None,
-            Some(value) => Some(match value.to_ascii_lowercase().as_str() {
-                "strict" => SameSite::Strict,
-                "lax" => SameSite::Lax,
-                "none" => SameSite::None,
-                _ => {
-                    return Err(self.error(
-                        format!("{at}.sameSite"),
-                        format!("{value:?}: expected Strict, Lax or None"),
-                    ))
-                }
-            }),
+            Some(value) => Some(
+                policy::same_site(value)
+                    .map_err(|message| self.error(format!("{at}.sameSite"), message))?,
+            ),
         };
         if cookie.same_site == Some(SameSite::None) && !cookie.secure {
             // Browsers drop SameSite=None cookies without Secure.
@@ -779,29 +642,8 @@ impl Validator<'_> {
         Ok(cookie)
     }
 
-    /// RFC 6265 cookie-name: a token.
-    fn check_cookie_name(&self, field: &str, name: &str) -> Result<(), ConfigError> {
-        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        if name.is_empty() || !name.bytes().all(token) {
-            return Err(self.error(
-                field,
-                format!(
-                    "{name:?} is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Attribute values may not break the Set-Cookie header.
     fn check_cookie_value(&self, field: &str, value: &str) -> Result<(), ConfigError> {
-        if value.bytes().any(|b| b == b';' || b.is_ascii_control()) {
-            return Err(self.error(
-                field,
-                format!("{value:?} may not contain ; or control characters"),
-            ));
-        }
-        Ok(())
+        policy::check_cookie_value(value).map_err(|message| self.error(field, message))
     }
 }
 
