@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build_ebpf;
 mod demo;
+mod harness;
+mod test;
 mod util;
 
 #[derive(Parser)]
@@ -20,6 +22,8 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Run the sticky-session and drain walkthrough against three local echo pods.
     Demo(demo::Options),
+    /// Build the kernel programs, then run every test (unit, integration, privileged).
+    Test(test::Options),
     /// Benchmarks; each runs its peers side by side and prints ratios.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -29,6 +33,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(options) => build_ebpf::run(&options).map(|_| ()),
         Command::Demo(options) => demo::run(&options),
+        Command::Test(options) => test::run(&options),
         Command::Bench(bench) => bench::run(bench),
     }
 }

@@ -25,10 +25,14 @@ pub fn run_checked(command: &mut Command) -> Result<()> {
 /// Builds the userspace binaries in release mode and returns the target directory holding them.
 pub fn build_release_binaries() -> Result<PathBuf> {
     let root = workspace_root();
-    run_checked(
-        Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "tether", "-p", "tether-tests", "--bins"]),
-    )?;
+    run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "tether",
+        "-p",
+        "tether-tests",
+        "--bins",
+    ]))?;
     Ok(root.join("target/release"))
 }
