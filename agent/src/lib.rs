@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod run;
+pub mod run_kube;
 pub mod session_key;
 pub mod source;
 pub mod sticky;

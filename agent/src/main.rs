@@ -1,6 +1,7 @@
 //! The `tether` command.
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,13 +32,19 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent from a configuration file (standalone mode).
+    /// Run the agent: from a configuration file (standalone), or from the cluster
+    /// (--kubernetes).
     Run {
-        /// The YAML configuration.
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The YAML configuration. With --kubernetes optional, and only its proxy, admin and
+        /// dataplane sections count.
+        #[arg(long, short, required_unless_present = "kubernetes")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        kubernetes: KubeArgs,
         /// Proxy worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -77,6 +84,85 @@ enum Command {
     },
 }
 
+/// `tether run --kubernetes` and its settings.
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Read routes, services, policies and targets from the Kubernetes API (in-cluster, or
+    /// through a kubeconfig).
+    #[arg(long)]
+    kubernetes: bool,
+    /// The kubeconfig to use (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// The Secret (NAMESPACE/NAME) holding the cookie key every agent shares; created with a
+    /// random key by the first agent if absent.
+    #[arg(long, env = "TETHER_COOKIE_SECRET", value_parser = tether::source::kube::parse_secret)]
+    cookie_secret: Option<(String, String)>,
+    /// Keep terminating endpoints as draining targets (weight 0) until they disappear, like
+    /// Kong Ingress Controller's flag (env CONTROLLER_ENABLE_DRAIN_SUPPORT is read too).
+    #[arg(long, env = "TETHER_ENABLE_DRAIN_SUPPORT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    enable_drain_support: Option<bool>,
+    /// Configuration dialects to read: kong, ingress-nginx, gateway-api (comma-separated), or all.
+    #[arg(long, env = "TETHER_DIALECTS", default_value = "all",
+          value_parser = tether::source::kube::parse_dialects)]
+    dialects: tether::source::kube::translate::Dialects,
+    /// Only Ingresses of these classes (spec.ingressClassName or the kubernetes.io/ingress.class
+    /// annotation); default: every Ingress.
+    #[arg(
+        long = "ingress-class",
+        env = "TETHER_INGRESS_CLASSES",
+        value_delimiter = ','
+    )]
+    ingress_classes: Vec<String>,
+    /// This node's IP, for NodePort frontends on the kernel path (the DaemonSet passes
+    /// status.hostIP).
+    #[arg(long, env = "TETHER_NODE_IP")]
+    node_ip: Option<std::net::IpAddr>,
+    /// This agent's name in Events (the DaemonSet passes spec.nodeName); default: the host name.
+    #[arg(long, env = "TETHER_NODE_NAME")]
+    node_name: Option<String>,
+}
+
+impl KubeArgs {
+    fn options(self) -> Result<Option<tether::source::kube::Options>> {
+        if !self.kubernetes {
+            return Ok(None);
+        }
+        let drain = match self.enable_drain_support {
+            Some(drain) => drain,
+            None => match std::env::var("CONTROLLER_ENABLE_DRAIN_SUPPORT") {
+                Ok(value) => clap::builder::BoolishValueParser::new()
+                    .parse_ref(&Cli::command(), None, std::ffi::OsStr::new(&value))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "CONTROLLER_ENABLE_DRAIN_SUPPORT={value:?}: expected true or false"
+                        )
+                    })?,
+                Err(_) => false,
+            },
+        };
+        let instance = self
+            .node_name
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "tether".into());
+        Ok(Some(tether::source::kube::Options {
+            kubeconfig: self.kubeconfig,
+            cookie_secret: self.cookie_secret,
+            settings: tether::source::kube::translate::Settings {
+                drain,
+                dialects: self.dialects,
+                ingress_classes: self.ingress_classes,
+                kernel: false,
+                node_ip: self.node_ip,
+            },
+            instance,
+        }))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -93,6 +179,7 @@ fn execute(command: Command) -> Result<()> {
     match command {
         Command::Run {
             config,
+            kubernetes,
             workers,
             session_key,
             shutdown_grace,
@@ -102,8 +189,13 @@ fn execute(command: Command) -> Result<()> {
             dataplane: tether::dataplane::Options {
                 object: ebpf_object,
                 pin_dir,
-                config: Some(config.clone()),
+                config: if kubernetes.kubernetes {
+                    None
+                } else {
+                    config.clone()
+                },
             },
+            kubernetes: kubernetes.options()?,
             config,
             workers: workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),

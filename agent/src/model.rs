@@ -184,6 +184,10 @@ pub struct SessionCookie {
     pub absolute_timeout: Option<Duration>,
     /// A session unused for this long is over: enforced from the cookie itself.
     pub idle_timeout: Option<Duration>,
+    /// When the pinned target fails and the request is retried on another, whether the session
+    /// moves there (a new cookie) or stays pinned to the failed target for its next request
+    /// (ingress-nginx's `session-cookie-change-on-failure`, false by default there; Kong moves).
+    pub change_on_failure: bool,
 }
 
 impl SessionCookie {
@@ -201,6 +205,7 @@ impl SessionCookie {
             expires: None,
             absolute_timeout: None,
             idle_timeout: None,
+            change_on_failure: true,
         }
     }
 }

@@ -20,7 +20,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 pub struct RunOptions {
-    pub config: PathBuf,
+    /// The configuration file; in Kubernetes mode optional, and only its proxy, admin and
+    /// dataplane sections are read.
+    pub config: Option<PathBuf>,
+    /// `--kubernetes`: routes, services and targets come from the cluster.
+    pub kubernetes: Option<crate::source::kube::Options>,
     pub workers: usize,
     /// Overrides the file's `sessionKey.file`.
     pub session_key: Option<PathBuf>,
@@ -35,12 +39,18 @@ pub fn load_config(path: &std::path::Path) -> Result<Loaded, ConfigError> {
     file::load(path)
 }
 
-pub fn run(options: RunOptions) -> Result<()> {
-    let initial_text = std::fs::read(&options.config)
-        .with_context(|| format!("cannot read {}", options.config.display()))?;
+pub fn run(mut options: RunOptions) -> Result<()> {
+    if let Some(kubernetes) = options.kubernetes.take() {
+        return crate::run_kube::run(options, kubernetes);
+    }
+    let Some(config) = options.config.clone() else {
+        anyhow::bail!("--config FILE is required (or --kubernetes)");
+    };
+    let initial_text =
+        std::fs::read(&config).with_context(|| format!("cannot read {}", config.display()))?;
     let loaded = file::parse(
         &String::from_utf8_lossy(&initial_text),
-        &options.config.display().to_string(),
+        &config.display().to_string(),
     )?;
     for warning in &loaded.warnings {
         warn!("{warning}");
@@ -95,10 +105,10 @@ pub fn run(options: RunOptions) -> Result<()> {
                 .with_context(|| format!("admin.listen: cannot listen on {}", admin.listen))?;
         }
         admin_state.ready.store(true, Ordering::Release);
-        info!(config = %options.config.display(), "tether is running");
+        info!(config = %config.display(), "tether is running");
         let mut running = model;
         let mut generation = 1u64;
-        let reloads = watch::watch(options.config.clone(), initial_text, move |result| {
+        let reloads = watch::watch(config.clone(), initial_text, move |result| {
             let outcome = match result {
                 Ok(loaded) => {
                     for warning in &loaded.warnings {
@@ -154,7 +164,7 @@ fn warn_about_restart_only_changes(old: &Model, new: &Model, key_override: Optio
     }
 }
 
-fn log_model(model: &Model) {
+pub(crate) fn log_model(model: &Model) {
     for service in model.services.values() {
         for target in &service.targets {
             info!(

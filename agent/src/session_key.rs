@@ -51,6 +51,13 @@ pub fn load_or_create(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
     }
 }
 
+/// The key from content read elsewhere (a Kubernetes Secret's data); `origin` names it in
+/// errors. The same derivation as a key file's, so a Secret and a file with the same content
+/// are the same key.
+pub fn from_content(origin: &str, content: &[u8]) -> Result<[u8; KEY_LEN], KeyError> {
+    derive(Path::new(origin), content)
+}
+
 /// A key for this process only: cookies will not survive a restart or work on another agent.
 pub fn ephemeral() -> Result<[u8; KEY_LEN], KeyError> {
     let mut key = [0u8; KEY_LEN];

@@ -134,6 +134,8 @@ pub enum Strategy {
         lifetimes: Lifetimes,
         /// Re-issue the cookie on use, so the idle timeout counts from the last request.
         refresh: bool,
+        /// A retry after the pinned target failed moves the session (false: the cookie stays).
+        change_on_failure: bool,
     },
     LeastConnections,
     Hashing {
@@ -262,6 +264,7 @@ impl ServiceTable {
                     idle_secs: cookie.idle_timeout.map(secs_u32),
                 },
                 refresh: cookie.idle_timeout.is_some(),
+                change_on_failure: cookie.change_on_failure,
             },
             Balancing::ConsistentHashing { hash_on, fallback } => {
                 let identities: Vec<String> =

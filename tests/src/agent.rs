@@ -82,6 +82,10 @@ pub struct Options {
     pub workers: Option<usize>,
     /// `--session-key FILE`.
     pub session_key: Option<PathBuf>,
+    /// More arguments after `run --config FILE` (`--kubernetes --kubeconfig ...`, say).
+    pub args: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `tether run`.
@@ -390,6 +394,17 @@ fn spawn(binary: &str, config: &Path, log: &Path, options: &Options) -> Result<C
     if let Some(key) = &options.session_key {
         command.arg("--session-key").arg(key);
     }
+    command.args(&options.args);
+    for name in [
+        "KUBECONFIG",
+        "TETHER_ENABLE_DRAIN_SUPPORT",
+        "CONTROLLER_ENABLE_DRAIN_SUPPORT",
+        "TETHER_COOKIE_SECRET",
+        "TETHER_DIALECTS",
+    ] {
+        command.env_remove(name);
+    }
+    command.envs(options.env.iter().map(|(k, v)| (k, v)));
     command
         .env_remove("TETHER_SESSION_KEY_FILE")
         .env("RUST_LOG", "info")

@@ -302,6 +302,21 @@ impl Runner {
         })
     }
 
+    /// Starts the dataplane now if `model` asks for one and none runs (the Kubernetes source
+    /// registers the metrics first and starts once the cluster is listed). A dataplane that
+    /// cannot start is an error, as at [`Runner::start`].
+    pub fn begin(&mut self, model: &Model) -> Result<(), Error> {
+        if let (None, Some(settings)) = (&self.dataplane, &model.dataplane) {
+            self.dataplane = Some(Dataplane::start(
+                settings,
+                model,
+                &self.options,
+                self.metrics.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
     /// Applies a reloaded model. Failures are logged; the maps keep what they held.
     pub fn apply(&mut self, model: &Model) {
         let changed_at = self
@@ -310,6 +325,11 @@ impl Runner {
             .as_ref()
             .and_then(|path| std::fs::metadata(path).ok())
             .and_then(|meta| meta.modified().ok());
+        self.apply_at(model, changed_at);
+    }
+
+    /// [`Runner::apply`], with the time the change happened (for the change-to-maps metric).
+    pub fn apply_at(&mut self, model: &Model, changed_at: Option<SystemTime>) {
         match (&mut self.dataplane, &model.dataplane) {
             (Some(dataplane), settings) => {
                 if settings.is_none() {

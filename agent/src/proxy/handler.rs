@@ -36,6 +36,9 @@ enum Pin {
     New,
     /// The cookie's target is gone or failed: the session moved.
     Moved,
+    /// The cookie's target failed and another served this request, but the session stays
+    /// pinned to it (change-on-failure off): no new cookie.
+    Stays,
 }
 
 pub async fn handle(
@@ -158,7 +161,16 @@ pub async fn handle(
         target = service.pick_new(connection.hash_for(service, None), |i| tried.contains(&i));
         if let Some(next) = target {
             // A new session whose first pick failed was never pinned: it stays new.
-            if matches!(pin, Pin::Kept { .. } | Pin::Moved) {
+            let keeps_pin = matches!(
+                service.strategy,
+                Strategy::Sticky {
+                    change_on_failure: false,
+                    ..
+                }
+            );
+            if matches!(pin, Pin::Kept { .. }) && keeps_pin {
+                pin = Pin::Stays;
+            } else if matches!(pin, Pin::Kept { .. } | Pin::Moved) {
                 pin = Pin::Moved;
                 service.targets[next].counters.repins_failed.inc();
             }
@@ -209,7 +221,7 @@ pub async fn handle(
                     refreshed_at: now,
                     ..s
                 }),
-            Pin::Unpinned => None,
+            Pin::Unpinned | Pin::Stays => None,
         };
         if let Some(session) = reissue {
             let value = shared.codec.encode(&service.name, &session);

@@ -1,6 +1,7 @@
 //! Where models come from. A source builds a [`crate::model::Model`] and knows nothing of the
 //! proxy or the maps.
 pub mod file;
+pub mod kube;
 pub mod locate;
 pub mod policy;
 pub mod watch;

@@ -1,0 +1,587 @@
+//! The seed how-to ("Manage sticky sessions with KongUpstreamPolicy", with drain support)
+//! replayed end to end: the real `tether run --kubernetes` against a fake API server that
+//! speaks the list/watch protocol, with in-process echo pods. The same story through
+//! ingress-nginx annotations and through Gateway API sessionPersistence.
+use anyhow::{ensure, Context, Result};
+use serde_json::json;
+use std::collections::BTreeSet;
+use tether_tests::agent::Tether;
+use tether_tests::cluster::{self, annotate, NS};
+use tether_tests::http::{CookieJar, Http};
+use tether_tests::kube_lab::{applied_after, eventually, Lab};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+const POLICY: &str = "konghq.com/upstream-policy";
+
+/// New sessions (no cookie) until one lands on `pod`; its cookie.
+async fn session_on(http: &Http, url: &str, cookie: &str, pod: &str) -> Result<CookieJar> {
+    let value = http.session_on(url, cookie, pod, 30).await?;
+    Ok(CookieJar::with(cookie, &value))
+}
+
+/// `count` requests with the jar's cookie: every one on `pod`, none re-issuing the cookie.
+async fn stays_on(http: &Http, url: &str, jar: &CookieJar, pod: &str, count: usize) -> Result<()> {
+    for _ in 0..count {
+        let reply = http.get(url, jar.header().as_deref()).await?;
+        ensure!(reply.status == 200, "status {}", reply.status);
+        ensure!(
+            reply.pod() == Some(pod),
+            "went to {:?}, not {pod}",
+            reply.pod()
+        );
+        ensure!(
+            reply.set_cookies().is_empty(),
+            "cookie re-issued: {:?}",
+            reply.set_cookies()
+        );
+    }
+    Ok(())
+}
+
+/// The pods `count` new sessions land on.
+async fn new_sessions(http: &Http, url: &str, count: usize) -> Result<Vec<String>> {
+    let mut pods = Vec::new();
+    for _ in 0..count {
+        let reply = http.get(url, None).await?;
+        ensure!(
+            reply.status == 200,
+            "status {}: {}",
+            reply.status,
+            reply.text()
+        );
+        pods.push(reply.pod().context("x-pod")?.to_string());
+    }
+    Ok(pods)
+}
+
+/// A request with the jar's (old) cookie lands elsewhere and gets a new cookie.
+async fn re_pinned(http: &Http, url: &str, jar: &mut CookieJar, away_from: &str) -> Result<String> {
+    let old = jar.value().map(str::to_string);
+    let reply = http.get(url, jar.header().as_deref()).await?;
+    ensure!(reply.status == 200, "status {}", reply.status);
+    let pod = reply.pod().context("x-pod")?.to_string();
+    ensure!(pod != away_from, "still on {away_from}");
+    ensure!(jar.update(&reply), "no new cookie after re-pinning");
+    ensure!(jar.value().map(str::to_string) != old, "the same cookie");
+    Ok(pod)
+}
+
+/// The how-to: policy attached → sticky; scale down → the terminating pod drains with its
+/// session kept; pod gone → the session re-pins.
+#[tokio::test]
+async fn the_kong_how_to_with_drain_support() -> Result<()> {
+    let lab = Lab::new(&["a", "b", "c"], vec![cluster::echo_route()])?;
+    let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+
+    // The first agent created the shared cookie key.
+    let secret = lab
+        .api
+        .get("Secret", NS, "tether-cookie-key")
+        .context("the cookie Secret was created")?;
+    ensure!(secret["data"]["key"].is_string(), "{secret}");
+    ensure!(
+        tether.logs().contains("origin=\"created\""),
+        "{}",
+        tether.logs()
+    );
+
+    // Before the policy: round-robin, no cookie.
+    let reply = http.get(&url, None).await?;
+    ensure!(reply.status == 200 && reply.set_cookies().is_empty());
+    let spread: BTreeSet<String> = new_sessions(&http, &url, 6).await?.into_iter().collect();
+    ensure!(spread.len() == 3, "{spread:?}");
+
+    // kubectl apply the KongUpstreamPolicy; kubectl annotate the Service.
+    lab.api.apply(cluster::sticky_policy("session_id"));
+    lab.api.apply(annotate(
+        cluster::echo_service(),
+        POLICY,
+        "sticky-session-policy",
+    ));
+    eventually("the policy applies", || async {
+        Ok(http
+            .get(&url, None)
+            .await?
+            .set_cookie("session_id")
+            .is_some())
+    })
+    .await?;
+    let reply = http.get(&url, None).await?;
+    let header = reply.set_cookie("session_id").context("Set-Cookie")?;
+    ensure!(header.contains("; Path=/"), "{header}");
+
+    let on_b = session_on(&http, &url, "session_id", "b").await?;
+    stays_on(&http, &url, &on_b, "b", 5).await?;
+    let spread: BTreeSet<String> = new_sessions(&http, &url, 6).await?.into_iter().collect();
+    ensure!(
+        spread.len() == 3,
+        "without the cookie requests spread: {spread:?}"
+    );
+
+    // kubectl scale --replicas 2: b's endpoint turns terminating.
+    let before = tether.generation().await?;
+    lab.terminating("b");
+    applied_after(&tether, before).await?;
+    stays_on(&http, &url, &on_b, "b", 10).await?;
+    let landed = new_sessions(&http, &url, 30).await?;
+    ensure!(
+        !landed.iter().any(|p| p == "b"),
+        "a new session on the draining pod: {landed:?}"
+    );
+    ensure!(
+        tether
+            .metric(
+                "tether_drained_session_requests_total",
+                &[("service", "kong/echo:1027")]
+            )
+            .await?
+            >= 10.0
+    );
+
+    // The pod is gone: its endpoint disappears, the session re-pins.
+    let before = tether.generation().await?;
+    lab.gone("b");
+    applied_after(&tether, before).await?;
+    let mut jar = on_b;
+    let moved = re_pinned(&http, &url, &mut jar, "b").await?;
+    stays_on(&http, &url, &jar, &moved, 5).await?;
+    if std::env::var_os("SHOW_LOGS").is_some() {
+        println!("{}", tether.logs());
+    }
+    Ok(())
+}
+
+/// Without --enable-drain-support a terminating endpoint is removed at once (KIC's default):
+/// its sessions re-pin at the next request.
+#[tokio::test]
+async fn without_drain_support_a_terminating_pod_is_removed_at_once() -> Result<()> {
+    let lab = Lab::new(
+        &["a", "b", "c"],
+        vec![
+            cluster::echo_route(),
+            cluster::sticky_policy("session_id"),
+            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
+        ],
+    )?;
+    let tether = lab.tether(TETHER, &[]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let mut on_c = session_on(&http, &url, "session_id", "c").await?;
+    stays_on(&http, &url, &on_c, "c", 5).await?;
+
+    let before = tether.generation().await?;
+    lab.terminating("c");
+    applied_after(&tether, before).await?;
+    // The pod still runs (it is terminating), but tether no longer sends anything there.
+    let requests_before = lab.pod("c").requests();
+    let moved = re_pinned(&http, &url, &mut on_c, "c").await?;
+    stays_on(&http, &url, &on_c, &moved, 5).await?;
+    let landed = new_sessions(&http, &url, 20).await?;
+    ensure!(!landed.iter().any(|p| p == "c"), "{landed:?}");
+    ensure!(lab.pod("c").requests() == requests_before);
+    Ok(())
+}
+
+/// The same through ingress-nginx's annotations (its documented example), with drain.
+#[tokio::test]
+async fn ingress_nginx_affinity_with_drain() -> Result<()> {
+    let lab = Lab::new(&["a", "b", "c"], vec![cluster::nginx_sticky_ingress()])?;
+    let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let reply = http.get(&url, None).await?;
+    let header = reply.set_cookie("INGRESSCOOKIE").context("INGRESSCOOKIE")?;
+    for attribute in [
+        "; Path=/echo",
+        "; Max-Age=172800",
+        "; Expires=",
+        "; HttpOnly",
+    ] {
+        ensure!(header.contains(attribute), "{attribute} missing: {header}");
+    }
+    ensure!(!header.contains("Secure"), "{header}");
+
+    let on_a = session_on(&http, &url, "INGRESSCOOKIE", "a").await?;
+    stays_on(&http, &url, &on_a, "a", 5).await?;
+    let before = tether.generation().await?;
+    lab.terminating("a");
+    applied_after(&tether, before).await?;
+    stays_on(&http, &url, &on_a, "a", 5).await?;
+    let landed = new_sessions(&http, &url, 20).await?;
+    ensure!(!landed.iter().any(|p| p == "a"), "{landed:?}");
+
+    let before = tether.generation().await?;
+    lab.gone("a");
+    applied_after(&tether, before).await?;
+    let mut jar = on_a;
+    re_pinned(&http, &url, &mut jar, "a").await?;
+    Ok(())
+}
+
+/// The same through Gateway API sessionPersistence: a Session cookie (no Expires, no Max-Age)
+/// that keeps 50 follow-up requests on one pod, drain, and re-pinning.
+#[tokio::test]
+async fn gateway_api_session_persistence_with_drain() -> Result<()> {
+    let lab = Lab::new(
+        &["a", "b", "c"],
+        vec![cluster::echo_route_with_persistence(json!({
+            "sessionName": "gw-session",
+            "type": "Cookie",
+            "absoluteTimeout": "1h",
+            "cookieConfig": {"lifetimeType": "Session"}
+        }))],
+    )?;
+    let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let reply = http.get(&url, None).await?;
+    let header = reply.set_cookie("gw-session").context("gw-session")?;
+    ensure!(
+        !header.contains("Expires") && !header.contains("Max-Age"),
+        "{header}"
+    );
+    ensure!(
+        header.contains("; Path=/echo") && header.contains("SameSite=Strict"),
+        "{header}"
+    );
+
+    let on_c = session_on(&http, &url, "gw-session", "c").await?;
+    stays_on(&http, &url, &on_c, "c", 50).await?;
+    let before = tether.generation().await?;
+    lab.terminating("c");
+    applied_after(&tether, before).await?;
+    stays_on(&http, &url, &on_c, "c", 5).await?;
+    let landed = new_sessions(&http, &url, 20).await?;
+    ensure!(!landed.iter().any(|p| p == "c"), "{landed:?}");
+    let before = tether.generation().await?;
+    lab.gone("c");
+    applied_after(&tether, before).await?;
+    let mut jar = on_c;
+    re_pinned(&http, &url, &mut jar, "c").await?;
+    Ok(())
+}
+
+/// Weighted backendRefs: new sessions follow the weights; sessions stay where they are.
+#[tokio::test]
+async fn weighted_backend_refs_are_honoured_for_new_sessions() -> Result<()> {
+    let lab = Lab::new(&["a", "b", "c"], Vec::new())?;
+    let d = tether_tests::echo::EchoServer::start("d")?;
+    lab.api
+        .apply(cluster::service(NS, "canary", &[("http", 1027, "TCP")]));
+    lab.api.apply(cluster::endpoint_slice(
+        NS,
+        "canary-d",
+        "canary",
+        "http",
+        d.address().port(),
+        &[cluster::Endpoint::ready("d", d.address())],
+    ));
+    lab.api.apply(cluster::http_route(
+        NS,
+        "split",
+        &[],
+        json!([{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/echo"}}],
+            "backendRefs": [
+                {"name": "echo", "port": 1027, "weight": 3},
+                {"name": "canary", "port": 1027, "weight": 1}
+            ],
+            "sessionPersistence": {"sessionName": "split"}
+        }]),
+    ));
+    let tether = lab.tether(TETHER, &[]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let landed = new_sessions(&http, &url, 200).await?;
+    let on_canary = landed.iter().filter(|p| *p == "d").count();
+    // 3:1 over echo's three pods and canary's one: each pod a quarter.
+    ensure!(
+        (40..=60).contains(&on_canary),
+        "{on_canary} of 200 on the canary"
+    );
+    let on_d = session_on(&http, &url, "split", "d").await?;
+    stays_on(&http, &url, &on_d, "d", 10).await?;
+    Ok(())
+}
+
+/// The API server goes away: the last model keeps serving, sessions stay; when it is back the
+/// watches resume and new changes apply.
+#[tokio::test]
+async fn the_api_server_lost_keeps_the_last_tables() -> Result<()> {
+    let mut lab = Lab::new(
+        &["a", "b"],
+        vec![
+            cluster::echo_route(),
+            cluster::sticky_policy("session_id"),
+            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
+        ],
+    )?;
+    let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let on_b = session_on(&http, &url, "session_id", "b").await?;
+
+    lab.api.stop();
+    eventually("the watches notice", || async {
+        Ok(tether.metric("tether_kube_watch_errors_total", &[]).await? > 0.0)
+    })
+    .await?;
+    for _ in 0..10 {
+        stays_on(&http, &url, &on_b, "b", 1).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let reply = http
+        .get(&format!("http://{}/readyz", tether.admin()), None)
+        .await?;
+    ensure!(
+        reply.status == 200,
+        "still ready while the API server is away"
+    );
+
+    // Back, and a change made while away (pod a terminating) shows up.
+    lab.api.restart()?;
+    let before = tether.generation().await?;
+    lab.terminating("a");
+    applied_after(&tether, before).await?;
+    let landed = new_sessions(&http, &url, 10).await?;
+    ensure!(landed.iter().all(|p| p == "b"), "{landed:?}");
+    stays_on(&http, &url, &on_b, "b", 3).await?;
+    lab.pod_mut("a").stop().await;
+    Ok(())
+}
+
+/// 410 Gone: every watch is expired while lists are slow; tether lists again, keeps serving
+/// every target meanwhile, and applies what changed only from the complete new lists.
+#[tokio::test]
+async fn gone_410_relists_without_dropping_a_target() -> Result<()> {
+    let lab = Lab::new(&["a", "b", "c"], vec![cluster::echo_route()])?;
+    let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let before = tether.generation().await?;
+
+    lab.api
+        .set_list_delay(std::time::Duration::from_millis(1500));
+    lab.api.expire();
+    // Changed while the watches are gone: only a relist can show it.
+    lab.terminating("c");
+    let started = std::time::Instant::now();
+    let mut seen = BTreeSet::new();
+    while started.elapsed() < std::time::Duration::from_millis(1200) {
+        let reply = http.get(&url, None).await?;
+        ensure!(
+            reply.status == 200,
+            "status {} during the relist",
+            reply.status
+        );
+        seen.insert(reply.pod().context("x-pod")?.to_string());
+    }
+    ensure!(
+        seen.len() == 3,
+        "every target served during the relist: {seen:?}"
+    );
+    lab.api.set_list_delay(std::time::Duration::ZERO);
+    applied_after(&tether, before).await?;
+    eventually("the relists are counted", || async {
+        Ok(tether
+            .metric(
+                "tether_kube_relists_total",
+                &[("resource", "endpointslices")],
+            )
+            .await?
+            >= 1.0)
+    })
+    .await?;
+    let landed = new_sessions(&http, &url, 12).await?;
+    ensure!(!landed.iter().any(|p| p == "c"), "{landed:?}");
+    // No model on the way had fewer than three targets (c drains, it is not dropped).
+    for line in tether
+        .logs()
+        .lines()
+        .filter(|l| l.contains("model applied"))
+    {
+        let targets = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("targets="))
+            .context("targets=")?;
+        ensure!(targets == "3", "a model dropped targets: {line}");
+    }
+    let lists = lab
+        .api
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/endpointslices") && !s.query.contains("watch=true"))
+        .count();
+    ensure!(lists >= 2, "endpointslices listed {lists} times");
+    Ok(())
+}
+
+/// A Service with a KongUpstreamPolicy behind an Ingress with affinity annotations: the
+/// policy wins, and the conflict is posted as an Event (and logged). An invalid policy is an
+/// Event too, and its Service is round-robin.
+#[tokio::test]
+async fn conflicts_and_invalid_policies_are_events() -> Result<()> {
+    let lab = Lab::new(
+        &["a", "b"],
+        vec![
+            cluster::sticky_policy("session_id"),
+            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
+            cluster::nginx_sticky_ingress(),
+        ],
+    )?;
+    let tether = lab.tether(TETHER, &[]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let reply = http.get(&url, None).await?;
+    ensure!(
+        reply.set_cookie("session_id").is_some(),
+        "the Kong policy wins"
+    );
+    ensure!(reply.set_cookie("INGRESSCOOKIE").is_none());
+    let event_about = |kind: &str, name: &str, reason: &str| {
+        lab.api.all("Event").into_iter().find(|e| {
+            e["regarding"]["kind"] == kind
+                && e["regarding"]["name"] == name
+                && e["reason"] == reason
+        })
+    };
+    eventually("the conflict Event", || async {
+        Ok(
+            event_about("Ingress", "nginx-test", "PolicyConflict").is_some()
+                && event_about("Service", "echo", "PolicyConflict").is_some(),
+        )
+    })
+    .await?;
+    let event = event_about("Ingress", "nginx-test", "PolicyConflict").context("event")?;
+    ensure!(
+        event["type"] == "Warning" && event["reportingController"] == "tether",
+        "{event}"
+    );
+    ensure!(event["reportingInstance"] == "test-node", "{event}");
+    ensure!(tether.logs().contains("PolicyConflict"), "logged too");
+
+    // Break the policy: reported, and the Service falls back (to the Ingress's affinity,
+    // the next source in precedence).
+    let before = tether.generation().await?;
+    lab.api.apply(cluster::kong_upstream_policy(
+        NS,
+        "sticky-session-policy",
+        json!({"algorithm": "sticky-sessions", "hashOn": {"input": "ip"}, "stickySessions": {"cookie": "session_id"}}),
+    ));
+    applied_after(&tether, before).await?;
+    let reply = http.get(&url, None).await?;
+    ensure!(
+        reply.set_cookie("INGRESSCOOKIE").is_some(),
+        "{:?}",
+        reply.set_cookies()
+    );
+    eventually("the invalid policy Event", || async {
+        Ok(event_about(
+            "KongUpstreamPolicy",
+            "sticky-session-policy",
+            "InvalidPolicy",
+        )
+        .is_some())
+    })
+    .await?;
+
+    // Without the Ingress: round-robin.
+    let before = tether.generation().await?;
+    lab.api.delete("Ingress", NS, "nginx-test");
+    lab.api.apply(cluster::echo_route());
+    applied_after(&tether, before).await?;
+    eventually("round-robin", || async {
+        Ok(http.get(&url, None).await?.set_cookies().is_empty())
+    })
+    .await?;
+    ensure!(
+        tether
+            .metric("tether_kube_events_posted_total", &[])
+            .await?
+            >= 3.0
+    );
+    Ok(())
+}
+
+/// Two agents, one cookie key: the second finds the Secret the first created... and when the
+/// first loses the create race (409), it reads the winner's key. A cookie from one agent is
+/// valid on the other.
+#[tokio::test]
+async fn agents_share_the_cookie_secret_even_after_a_create_race() -> Result<()> {
+    let lab = Lab::new(
+        &["a", "b", "c"],
+        vec![
+            cluster::echo_route(),
+            cluster::sticky_policy("session_id"),
+            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
+        ],
+    )?;
+    lab.api.race_secret_create(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "tether-cookie-key", "namespace": NS},
+        "data": {"key": "d2lubmVyLWtleS13aW5uZXIta2V5LXdpbm5lci1rZXk="}
+    }));
+    let first = lab.tether(TETHER, &[]).await?;
+    ensure!(
+        first.logs().contains("read after another agent created it"),
+        "{}",
+        first.logs()
+    );
+    let conflicts = lab
+        .api
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/secrets") && s.status == 409)
+        .count();
+    ensure!(conflicts == 1);
+    let second: Tether = lab.tether(TETHER, &[]).await?;
+    ensure!(
+        second.logs().contains("origin=\"read\""),
+        "{}",
+        second.logs()
+    );
+    let http = Http::new();
+    for pod in ["a", "b", "c"] {
+        let jar = session_on(&http, &first.url("/echo"), "session_id", pod).await?;
+        stays_on(&http, &second.url("/echo"), &jar, pod, 3).await?;
+    }
+    Ok(())
+}
+
+/// A cluster without the Gateway API and Kong CRDs: those lists answer 404, tether treats them
+/// as empty and serves the Ingresses.
+#[tokio::test]
+async fn missing_crds_count_as_empty() -> Result<()> {
+    let lab = Lab::new(&["a"], vec![cluster::nginx_sticky_ingress()])?;
+    lab.api.set_served("httproutes", false);
+    lab.api.set_served("kongupstreampolicies", false);
+    let tether = lab.tether(TETHER, &[]).await?;
+    let reply = Http::new().get(&tether.url("/echo"), None).await?;
+    ensure!(reply.status == 200 && reply.pod() == Some("a"));
+    ensure!(
+        tether.logs().contains("CRD is not installed"),
+        "{}",
+        tether.logs()
+    );
+    Ok(())
+}
+
+/// The ingress-nginx-only dialect reads no HTTPRoutes and no Kong policies (and needs no RBAC
+/// for them): only Services, EndpointSlices and Ingresses are requested.
+#[tokio::test]
+async fn the_ingress_nginx_dialect_watches_only_what_it_needs() -> Result<()> {
+    let lab = Lab::new(&["a"], vec![cluster::nginx_sticky_ingress()])?;
+    let tether = lab.tether(TETHER, &["--dialects", "ingress-nginx"]).await?;
+    let reply = Http::new().get(&tether.url("/echo"), None).await?;
+    ensure!(reply.set_cookie("INGRESSCOOKIE").is_some());
+    let paths: BTreeSet<String> = lab.api.seen().into_iter().map(|s| s.path).collect();
+    ensure!(
+        !paths
+            .iter()
+            .any(|p| p.contains("httproutes") || p.contains("kongupstreampolicies")),
+        "{paths:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! The seed how-to's cluster, for `tether run --kubernetes` tests: a [`FakeApiServer`] holding
+//! the echo Service and one EndpointSlice per echo pod, the in-process echo pods themselves,
+//! and the real `tether` pointed at the server through a generated kubeconfig.
+use crate::agent::{Options, TempDir, Tether};
+use crate::cluster::{self, Endpoint, NS};
+use crate::echo::EchoServer;
+use crate::fake_apiserver::FakeApiServer;
+use anyhow::{bail, Result};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// The Secret every agent of a lab shares its cookie key through.
+pub const COOKIE_SECRET: &str = "kong/tether-cookie-key";
+/// The node-local file: only proxy and admin.
+pub const NODE_CONFIG: &str = "proxy:\n  listen: $PROXY\nadmin:\n  listen: $ADMIN\n";
+/// Bound on every wait for the agent to follow the cluster.
+pub const CONVERGE: Duration = Duration::from_secs(20);
+
+pub struct Lab {
+    pub api: FakeApiServer,
+    pub pods: Vec<EchoServer>,
+    pub dir: TempDir,
+}
+
+impl Lab {
+    /// The fake API server with `pods` echo pods (named as given), each in its own slice of
+    /// the echo Service (without the policy annotation), plus `objects`.
+    pub fn new(pods: &[&str], objects: Vec<Value>) -> Result<Self> {
+        let api = FakeApiServer::start()?;
+        let mut servers = Vec::new();
+        for pod in pods {
+            servers.push(EchoServer::start(pod)?);
+        }
+        api.apply(cluster::echo_service());
+        for server in &servers {
+            api.apply(cluster::pod_slice(&Endpoint::ready(
+                server.name(),
+                server.address(),
+            )));
+        }
+        for object in objects {
+            api.apply(object);
+        }
+        Ok(Self {
+            api,
+            pods: servers,
+            dir: TempDir::new("kube-lab")?,
+        })
+    }
+
+    pub fn pod(&self, name: &str) -> &EchoServer {
+        match self.pods.iter().find(|p| p.name() == name) {
+            Some(pod) => pod,
+            None => panic!("no pod {name}"),
+        }
+    }
+
+    pub fn pod_mut(&mut self, name: &str) -> &mut EchoServer {
+        match self.pods.iter_mut().find(|p| p.name() == name) {
+            Some(pod) => pod,
+            None => panic!("no pod {name}"),
+        }
+    }
+
+    /// Starts tether against the server with `--kubernetes`, the shared cookie Secret, and
+    /// `extra` arguments.
+    pub async fn tether(&self, binary: &str, extra: &[&str]) -> Result<Tether> {
+        let kubeconfig = self.api.kubeconfig(self.dir.path())?;
+        let mut args: Vec<String> = vec![
+            "--kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--cookie-secret".into(),
+            COOKIE_SECRET.into(),
+            "--node-name".into(),
+            "test-node".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Tether::start_with(
+            binary,
+            NODE_CONFIG,
+            Options {
+                args,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// Sets the pod's endpoint as given (its slice is replaced, as the controller updates it).
+    pub fn set_endpoint(&self, endpoint: Endpoint) -> u64 {
+        self.api.apply(cluster::pod_slice(&endpoint))
+    }
+
+    pub fn terminating(&self, pod: &str) -> u64 {
+        let address = self.pod(pod).address();
+        self.set_endpoint(Endpoint::terminating(pod, address))
+    }
+
+    pub fn ready(&self, pod: &str) -> u64 {
+        let address = self.pod(pod).address();
+        self.set_endpoint(Endpoint::ready(pod, address))
+    }
+
+    /// The pod is gone: its slice is deleted.
+    pub fn gone(&self, pod: &str) -> bool {
+        self.api.delete("EndpointSlice", NS, &format!("echo-{pod}"))
+    }
+}
+
+/// Waits until `tether`'s configuration generation is above `before` (a new model from the
+/// cluster was applied).
+pub async fn applied_after(tether: &Tether, before: f64) -> Result<f64> {
+    let started = Instant::now();
+    loop {
+        let now = tether.generation().await?;
+        if now > before {
+            return Ok(now);
+        }
+        if started.elapsed() > CONVERGE {
+            bail!(
+                "no new model applied within {CONVERGE:?} (generation {before}); logs:\n{}",
+                tether.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true, for at most [`CONVERGE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if started.elapsed() > CONVERGE {
+            bail!("{what}: not within {CONVERGE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
