@@ -585,3 +585,45 @@ async fn the_ingress_nginx_dialect_watches_only_what_it_needs() -> Result<()> {
     );
     Ok(())
 }
+
+/// ingress-nginx's session-cookie-change-on-failure: by default (false) a request whose pinned
+/// pod refuses is served elsewhere but keeps its cookie, so the session is back on its pod
+/// when the pod answers again; with "true" the session moves (a new cookie).
+#[tokio::test]
+async fn change_on_failure_follows_the_annotation() -> Result<()> {
+    let mut lab = Lab::new(&["a", "b"], vec![cluster::nginx_sticky_ingress()])?;
+    let tether = lab.tether(TETHER, &[]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let on_a = session_on(&http, &url, "INGRESSCOOKIE", "a").await?;
+    lab.pod_mut("a").stop().await;
+    let reply = http.get(&url, on_a.header().as_deref()).await?;
+    ensure!(
+        reply.status == 200 && reply.pod() == Some("b"),
+        "{:?}",
+        reply.pod()
+    );
+    ensure!(
+        reply.set_cookies().is_empty(),
+        "the cookie stays: {:?}",
+        reply.set_cookies()
+    );
+    lab.pod_mut("a").restart()?;
+    // New sessions avoid a failed target for a while; a pinned session goes back at once.
+    stays_on(&http, &url, &on_a, "a", 3).await?;
+
+    let before = tether.generation().await?;
+    lab.api.apply(annotate(
+        cluster::nginx_sticky_ingress(),
+        "nginx.ingress.kubernetes.io/session-cookie-change-on-failure",
+        "true",
+    ));
+    applied_after(&tether, before).await?;
+    let on_a = session_on(&http, &url, "INGRESSCOOKIE", "a").await?;
+    lab.pod_mut("a").stop().await;
+    let mut jar = on_a;
+    re_pinned(&http, &url, &mut jar, "a").await?;
+    lab.pod_mut("a").restart()?;
+    stays_on(&http, &url, &jar, "b", 3).await?;
+    Ok(())
+}
