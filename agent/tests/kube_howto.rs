@@ -627,3 +627,41 @@ async fn change_on_failure_follows_the_annotation() -> Result<()> {
     stays_on(&http, &url, &jar, "b", 3).await?;
     Ok(())
 }
+
+/// A burst of EndpointSlice updates (a rollout) becomes a few models, not one per update,
+/// and the last one holds the final state.
+#[tokio::test]
+async fn bursts_are_coalesced() -> Result<()> {
+    let lab = Lab::new(&["a", "b", "c"], vec![cluster::echo_route()])?;
+    let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
+    let before = tether
+        .metric("tether_kube_models_applied_total", &[])
+        .await?;
+    for round in 0..10 {
+        for pod in ["a", "b"] {
+            if round % 2 == 0 {
+                lab.terminating(pod);
+            } else {
+                lab.ready(pod);
+            }
+        }
+    }
+    lab.terminating("a");
+    let http = Http::new();
+    let url = tether.url("/echo");
+    eventually("the final state", || async {
+        let landed = new_sessions(&http, &url, 6).await?;
+        Ok(landed.iter().all(|p| p != "a") && landed.iter().any(|p| p == "b"))
+    })
+    .await?;
+    let models = tether
+        .metric("tether_kube_models_applied_total", &[])
+        .await?
+        - before;
+    println!("21 EndpointSlice updates in a burst became {models} models");
+    ensure!(
+        (1.0..=5.0).contains(&models),
+        "21 slice updates became {models} models"
+    );
+    Ok(())
+}

@@ -405,6 +405,19 @@ impl FakeApiServer {
         Ok(server)
     }
 
+    /// Serves on `listener` (one bound inside a network namespace, say: an agent in that
+    /// namespace reaches it on its loopback).
+    pub fn start_on(listener: std::net::TcpListener) -> Result<Self> {
+        let address = listener.local_addr()?;
+        let mut server = Self {
+            state: Arc::new(Mutex::new(State::new())),
+            address,
+            running: None,
+        };
+        server.serve(listener)?;
+        Ok(server)
+    }
+
     fn serve(&mut self, listener: std::net::TcpListener) -> Result<()> {
         listener.set_nonblocking(true)?;
         let state = self.state.clone();

@@ -8,9 +8,13 @@
 //! - Nothing is built until every watched resource has been listed once. A resource whose
 //!   CRD is not installed (404) counts as an empty list, and its watcher keeps retrying, so
 //!   installing the CRD later is picked up.
-//! - Changes are coalesced: a model is built once no event came for [`QUIET`], or [`MAX_DELAY`]
-//!   after the first change of a burst, whichever is first. A model equal to the running one
-//!   is not applied; the dataplane writes only what differs.
+//! - Changes are coalesced. A change that comes after a quiet spell (no model built for
+//!   [`QUIET`]) is translated at once, with whatever events are already queued (leading edge:
+//!   a lone change reaches the proxy in about a millisecond). A change that follows a model
+//!   closely starts a burst: the next model is built once no event came for [`QUIET`], or
+//!   [`MAX_DELAY`] after the burst's first change, whichever is first (trailing edge: a
+//!   rollout's many slice updates become a few models). A model equal to the running one is
+//!   not applied; the dataplane writes only what differs.
 //! - When the API server is lost the last model keeps serving; the watchers resume from their
 //!   resourceVersions (or relist on 410) when it is back.
 pub mod events;
@@ -42,7 +46,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use translate::{Dialects, Settings, Translated};
 
-/// A burst of changes ends when no event came for this long.
+/// A burst of changes ends when no event came for this long; a change this long after the
+/// last model is applied at once.
 pub const QUIET: Duration = Duration::from_millis(20);
 /// A model is built at the latest this long after the first change of a burst.
 pub const MAX_DELAY: Duration = Duration::from_millis(250);
@@ -165,6 +170,8 @@ pub struct Source {
     updates: mpsc::UnboundedReceiver<Message>,
     settings: Settings,
     metrics: KubeMetrics,
+    /// When the last model was translated (for the leading-edge debounce).
+    last_build: Option<Instant>,
 }
 
 enum Message {
@@ -211,6 +218,7 @@ impl Source {
             updates,
             settings,
             metrics,
+            last_build: None,
         }
     }
 
@@ -230,6 +238,7 @@ impl Source {
                 last_report = Instant::now();
             }
         }
+        self.last_build = Some(Instant::now());
         self.translate()
     }
 
@@ -246,6 +255,17 @@ impl Source {
                 continue;
             }
             let first = Instant::now();
+            // What is already queued belongs to this change (a relist's whole list, say).
+            while let Ok(message) = self.updates.try_recv() {
+                self.handle(message);
+            }
+            // Leading edge: a change after a quiet spell is applied at once; only changes
+            // that follow a model closely wait for the burst to end.
+            let quiet_before = self.last_build.is_none_or(|built| built.elapsed() >= QUIET);
+            if quiet_before && self.cluster.synced() {
+                self.last_build = Some(Instant::now());
+                return (self.translate(), first);
+            }
             let latest = first + MAX_DELAY;
             loop {
                 let quiet = (Instant::now() + QUIET).min(latest);
@@ -262,6 +282,7 @@ impl Source {
                 }
             }
             if self.cluster.synced() {
+                self.last_build = Some(Instant::now());
                 return (self.translate(), first);
             }
         }
