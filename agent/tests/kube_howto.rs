@@ -665,3 +665,127 @@ async fn bursts_are_coalesced() -> Result<()> {
     );
     Ok(())
 }
+
+/// KIC's environment variable turns drain on as the flag does; the kubeconfig comes from
+/// KUBECONFIG (the inferred configuration: in a pod it falls back to the service account).
+#[tokio::test]
+async fn kic_s_drain_variable_and_an_inferred_kubeconfig() -> Result<()> {
+    let lab = Lab::new(
+        &["a", "b"],
+        vec![
+            cluster::echo_route(),
+            cluster::sticky_policy("session_id"),
+            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
+        ],
+    )?;
+    let tether = lab
+        .tether_with(
+            TETHER,
+            &[],
+            &[("CONTROLLER_ENABLE_DRAIN_SUPPORT", "true")],
+            false,
+        )
+        .await?;
+    ensure!(tether.logs().contains("drain=true"), "{}", tether.logs());
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let on_a = session_on(&http, &url, "session_id", "a").await?;
+    let before = tether.generation().await?;
+    lab.terminating("a");
+    applied_after(&tether, before).await?;
+    stays_on(&http, &url, &on_a, "a", 3).await?;
+    Ok(())
+}
+
+/// The API server is not there when tether starts: /healthz answers, /readyz does not, and
+/// tether becomes ready once the server is up.
+#[tokio::test]
+async fn starts_once_the_api_server_is_up() -> Result<()> {
+    let mut lab = Lab::new(&["a"], vec![cluster::echo_route()])?;
+    lab.api.stop();
+    let kubeconfig = lab.api.kubeconfig(lab.dir.path())?;
+    let config = tether_tests::agent::TempDir::new("late-api")?;
+    let log = config.path().join("tether.log");
+    let file = config.path().join("tether.yaml");
+    let admin = tether_tests::agent::free_port()?;
+    std::fs::write(
+        &file,
+        format!("proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:{admin}\n"),
+    )?;
+    let mut child = std::process::Command::new(TETHER)
+        .args(["run", "--kubernetes", "--config"])
+        .arg(&file)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--cookie-secret", "kong/tether-cookie-key"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let http = Http::new();
+    let status = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            http.get(&format!("http://127.0.0.1:{admin}{path}"), None)
+                .await
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0)
+        }
+    };
+    eventually("/healthz answers", || async {
+        Ok(status("/healthz").await == 200)
+    })
+    .await?;
+    ensure!(child.try_wait()?.is_none());
+    let child = Kill(child);
+    ensure!(
+        status("/readyz").await == 503,
+        "not ready without the API server"
+    );
+    lab.api.restart()?;
+    eventually("ready", || async { Ok(status("/readyz").await == 200) }).await?;
+    let logs = std::fs::read_to_string(&log)?;
+    ensure!(
+        logs.contains("cannot read the cookie key Secret yet"),
+        "{logs}"
+    );
+    drop(child);
+    Ok(())
+}
+
+/// The cookie key Secret deleted: the agent puts it back with the key in use, so agents that
+/// start later agree with the running ones.
+#[tokio::test]
+async fn a_deleted_cookie_secret_is_put_back() -> Result<()> {
+    let lab = Lab::new(&["a"], vec![cluster::echo_route()])?;
+    let _tether = lab.tether(TETHER, &[]).await?;
+    let before = lab
+        .api
+        .get("Secret", NS, "tether-cookie-key")
+        .context("created")?;
+    ensure!(lab.api.delete("Secret", NS, "tether-cookie-key"));
+    eventually("put back", || async {
+        Ok(lab.api.get("Secret", NS, "tether-cookie-key").is_some())
+    })
+    .await?;
+    let after = lab
+        .api
+        .get("Secret", NS, "tether-cookie-key")
+        .context("back")?;
+    ensure!(
+        after["data"]["key"] == before["data"]["key"],
+        "the same key"
+    );
+    ensure!(
+        after["metadata"]["uid"] != before["metadata"]["uid"],
+        "a new object"
+    );
+    Ok(())
+}

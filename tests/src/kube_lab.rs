@@ -65,22 +65,44 @@ impl Lab {
     /// Starts tether against the server with `--kubernetes`, the shared cookie Secret, and
     /// `extra` arguments.
     pub async fn tether(&self, binary: &str, extra: &[&str]) -> Result<Tether> {
+        self.tether_with(binary, extra, &[], true).await
+    }
+
+    /// [`Lab::tether`] with environment variables, and the kubeconfig passed as
+    /// `--kubeconfig` (`flag`) or as `KUBECONFIG` (the inferred configuration, which falls
+    /// back to in-cluster in a pod).
+    pub async fn tether_with(
+        &self,
+        binary: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        flag: bool,
+    ) -> Result<Tether> {
         let kubeconfig = self.api.kubeconfig(self.dir.path())?;
-        let mut args: Vec<String> = vec![
-            "--kubernetes".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
+        let mut args: Vec<String> = vec!["--kubernetes".into()];
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if flag {
+            args.push("--kubeconfig".into());
+            args.push(kubeconfig.display().to_string());
+        } else {
+            env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        }
+        args.extend([
             "--cookie-secret".into(),
             COOKIE_SECRET.into(),
             "--node-name".into(),
             "test-node".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|a| a.to_string()));
         Tether::start_with(
             binary,
             NODE_CONFIG,
             Options {
                 args,
+                env,
                 ..Options::default()
             },
         )
