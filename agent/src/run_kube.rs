@@ -294,8 +294,8 @@ fn log_changes(old: &Model, new: &Model) {
             new = before.is_none(),
             "service changed"
         );
-        if active == 0 && !service.targets.is_empty() {
-            warn!(service = %name, "no ready target: pinned sessions to draining targets continue, new requests get 503");
+        if active == 0 {
+            warn!(service = %name, "no ready target: new sessions get 503; sessions pinned to draining targets continue");
         }
     }
     for name in old.services.keys() {

@@ -789,3 +789,50 @@ async fn a_deleted_cookie_secret_is_put_back() -> Result<()> {
     );
     Ok(())
 }
+
+/// No endpoint ready (every pod terminating, drain on): pinned sessions continue on their
+/// draining pods, new sessions get 503, and the agent says so.
+#[tokio::test]
+async fn no_ready_endpoint_means_503_for_new_sessions() -> Result<()> {
+    let lab = Lab::new(
+        &["a", "b"],
+        vec![
+            cluster::echo_route(),
+            cluster::sticky_policy("session_id"),
+            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
+        ],
+    )?;
+    let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let on_a = session_on(&http, &url, "session_id", "a").await?;
+    let before = tether.generation().await?;
+    lab.terminating("a");
+    lab.terminating("b");
+    eventually("both draining", || async {
+        Ok(tether.generation().await? > before && http.get(&url, None).await?.status == 503)
+    })
+    .await?;
+    let reply = http.get(&url, None).await?;
+    ensure!(
+        reply.text().contains("every target is draining"),
+        "{}",
+        reply.text()
+    );
+    stays_on(&http, &url, &on_a, "a", 3).await?;
+    ensure!(
+        tether.logs().contains("no ready target"),
+        "{}",
+        tether.logs()
+    );
+    // Both gone: nothing left, 503 for everyone.
+    let before = tether.generation().await?;
+    lab.gone("a");
+    lab.gone("b");
+    applied_after(&tether, before).await?;
+    eventually("empty", || async {
+        Ok(http.get(&url, on_a.header().as_deref()).await?.status == 503)
+    })
+    .await?;
+    Ok(())
+}
