@@ -836,3 +836,156 @@ async fn no_ready_endpoint_means_503_for_new_sessions() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// The API server over HTTPS with its own CA: the kubeconfig's certificate-authority-data is
+/// what tether trusts.
+#[tokio::test]
+async fn https_with_the_kubeconfig_s_ca() -> Result<()> {
+    use tether_tests::fake_apiserver::{FakeApiServer, Tls};
+    let api = FakeApiServer::start_tls(Tls::generate()?)?;
+    ensure!(api.url().starts_with("https://"));
+    let lab = Lab::on(api, &["a"], vec![cluster::echo_route()])?;
+    let tether = lab.tether(TETHER, &[]).await?;
+    let reply = Http::new().get(&tether.url("/echo"), None).await?;
+    ensure!(reply.status == 200 && reply.pod() == Some("a"));
+    Ok(())
+}
+
+/// In a pod: no kubeconfig, KUBERNETES_SERVICE_HOST/PORT, and the service account's token
+/// and CA under /var/run/secrets/kubernetes.io/serviceaccount. tether runs in a private mount
+/// namespace with a tmpfs on /run holding those files (the host's are untouched), against the
+/// fake API server over HTTPS. Privileged (root: mount namespaces).
+#[tokio::test]
+async fn in_cluster_with_the_service_account() -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::process::CommandExt;
+    use tether_tests::fake_apiserver::{FakeApiServer, Tls, TOKEN};
+    if !tether_tests::netns::privileged("in_cluster_with_the_service_account") {
+        return Ok(());
+    }
+    let tls = Tls::generate()?;
+    let ca = tls.ca_pem.clone();
+    let lab = Lab::on(
+        FakeApiServer::start_tls(tls)?,
+        &["a"],
+        vec![cluster::echo_route()],
+    )?;
+    let dir = tether_tests::agent::TempDir::new("in-cluster")?;
+    let admin = tether_tests::agent::free_port()?;
+    let file = dir.path().join("tether.yaml");
+    std::fs::write(
+        &file,
+        format!("proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:{admin}\n"),
+    )?;
+    let log = dir.path().join("tether.log");
+    let run = std::fs::canonicalize("/var/run")?;
+    let c = |s: &str| CString::new(s).context("nul");
+    let directories = [
+        c(&format!("{}/secrets", run.display()))?,
+        c(&format!("{}/secrets/kubernetes.io", run.display()))?,
+        c(&format!(
+            "{}/secrets/kubernetes.io/serviceaccount",
+            run.display()
+        ))?,
+    ];
+    let account = format!("{}/secrets/kubernetes.io/serviceaccount", run.display());
+    let files = [
+        (c(&format!("{account}/token"))?, TOKEN.as_bytes().to_vec()),
+        (c(&format!("{account}/ca.crt"))?, ca.into_bytes()),
+        (
+            c(&format!("{account}/namespace"))?,
+            b"tether-system".to_vec(),
+        ),
+    ];
+    let run_dir = c(&run.display().to_string())?;
+    let (tmpfs, root) = (c("tmpfs")?, c("/")?);
+    let mut command = std::process::Command::new(TETHER);
+    command
+        .args(["run", "--kubernetes", "--config"])
+        .arg(&file)
+        .args(["--cookie-secret", "kong/tether-cookie-key"])
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.path())
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env(
+            "KUBERNETES_SERVICE_PORT",
+            lab.api.address().port().to_string(),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    // SAFETY: between fork and exec only async-signal-safe calls (unshare, mount, mkdir,
+    // open, write, close) on memory prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let check = |result: libc::c_int| {
+                if result < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                tmpfs.as_ptr(),
+                run_dir.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ))?;
+            for directory in &directories {
+                check(libc::mkdir(directory.as_ptr(), 0o755))?;
+            }
+            for (path, content) in &files {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o644);
+                check(fd)?;
+                let written = libc::write(fd, content.as_ptr().cast(), content.len());
+                libc::close(fd);
+                if written < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(command.spawn().context("start tether")?);
+    let http = Http::new();
+    let ready = eventually("ready in-cluster", || async {
+        Ok(http
+            .get(&format!("http://127.0.0.1:{admin}/readyz"), None)
+            .await
+            .map(|r| r.status == 200)
+            .unwrap_or(false))
+    })
+    .await;
+    let logs = std::fs::read_to_string(&log)?;
+    ready.with_context(|| logs.clone())?;
+    ensure!(
+        logs.contains(&format!(
+            "server=https://127.0.0.1:{}/",
+            lab.api.address().port()
+        )),
+        "{logs}"
+    );
+    ensure!(lab.api.get("Secret", NS, "tether-cookie-key").is_some());
+    // The host's /var/run is untouched.
+    ensure!(
+        !std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
+            || std::fs::read(format!("{account}/token"))? != TOKEN.as_bytes()
+    );
+    Ok(())
+}

@@ -388,6 +388,60 @@ pub struct FakeApiServer {
     state: Arc<Mutex<State>>,
     address: SocketAddr,
     running: Option<Running>,
+    tls: Option<Tls>,
+}
+
+/// HTTPS: a CA made for this server, and a serving certificate it signed for
+/// `kubernetes.default.svc`, `localhost` and 127.0.0.1 (what in-cluster clients check).
+#[derive(Clone)]
+pub struct Tls {
+    /// The CA certificate, PEM (a kubeconfig's certificate-authority-data, or the pod's
+    /// ca.crt).
+    pub ca_pem: String,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+impl Tls {
+    pub fn generate() -> Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        use tokio_rustls::rustls;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "tether test cluster CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let key = KeyPair::generate()?;
+        let mut serving = CertificateParams::new(vec![
+            "kubernetes.default.svc".to_string(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])?;
+        serving
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        let certificate = serving.signed_by(&key, &issuer)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certificate.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            ca_pem: issuer.pem(),
+            config: Arc::new(config),
+        })
+    }
 }
 
 impl FakeApiServer {
@@ -400,9 +454,28 @@ impl FakeApiServer {
             state,
             address,
             running: None,
+            tls: None,
         };
         server.serve(listener)?;
         Ok(server)
+    }
+
+    /// Starts on a free loopback port, serving HTTPS with `tls`.
+    pub fn start_tls(tls: Tls) -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let mut server = Self {
+            state: Arc::new(Mutex::new(State::new())),
+            address,
+            running: None,
+            tls: Some(tls),
+        };
+        server.serve(listener)?;
+        Ok(server)
+    }
+
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// Serves on `listener` (one bound inside a network namespace, say: an agent in that
@@ -413,6 +486,7 @@ impl FakeApiServer {
             state: Arc::new(Mutex::new(State::new())),
             address,
             running: None,
+            tls: None,
         };
         server.serve(listener)?;
         Ok(server)
@@ -421,6 +495,7 @@ impl FakeApiServer {
     fn serve(&mut self, listener: std::net::TcpListener) -> Result<()> {
         listener.set_nonblocking(true)?;
         let state = self.state.clone();
+        let tls = self.tls.as_ref().map(|t| t.config.clone());
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("fake-apiserver".into())
@@ -431,7 +506,7 @@ impl FakeApiServer {
                 else {
                     return;
                 };
-                runtime.block_on(run(listener, state, stopped));
+                runtime.block_on(run(listener, state, tls, stopped));
             })?;
         self.running = Some(Running {
             stop: Some(stop),
@@ -445,7 +520,10 @@ impl FakeApiServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        match self.tls {
+            Some(_) => format!("https://{}", self.address),
+            None => format!("http://{}", self.address),
+        }
     }
 
     /// The API server is lost: the port refuses connections, open watches break. Objects stay.
@@ -573,11 +651,20 @@ impl FakeApiServer {
         send_bookmarks(&state);
     }
 
-    /// Writes a kubeconfig for this server (plain HTTP, bearer token) into `dir`.
+    /// Writes a kubeconfig for this server (its CA when it serves HTTPS, a bearer token) into
+    /// `dir`.
     pub fn kubeconfig(&self, dir: &Path) -> Result<PathBuf> {
+        use base64::Engine;
         let path = dir.join("kubeconfig");
+        let authority = match &self.tls {
+            Some(tls) => format!(
+                "    certificate-authority-data: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(&tls.ca_pem)
+            ),
+            None => String::new(),
+        };
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n{authority}\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
              current-context: fake\nusers:\n- name: fake\n  user:\n    token: {TOKEN}\n",
             self.url()
@@ -610,8 +697,10 @@ fn send_bookmarks(state: &State) {
 async fn run(
     listener: std::net::TcpListener,
     state: Arc<Mutex<State>>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let Ok(listener) = TcpListener::from_std(listener) else {
         return;
     };
@@ -622,11 +711,22 @@ async fn run(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let state = state.clone();
+                let acceptor = acceptor.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |request| answer(request, state.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

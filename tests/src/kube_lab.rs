@@ -26,7 +26,11 @@ impl Lab {
     /// The fake API server with `pods` echo pods (named as given), each in its own slice of
     /// the echo Service (without the policy annotation), plus `objects`.
     pub fn new(pods: &[&str], objects: Vec<Value>) -> Result<Self> {
-        let api = FakeApiServer::start()?;
+        Self::on(FakeApiServer::start()?, pods, objects)
+    }
+
+    /// [`Lab::new`] on a given server (one serving HTTPS, say).
+    pub fn on(api: FakeApiServer, pods: &[&str], objects: Vec<Value>) -> Result<Self> {
         let mut servers = Vec::new();
         for pod in pods {
             servers.push(EchoServer::start(pod)?);
