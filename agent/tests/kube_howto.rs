@@ -619,12 +619,13 @@ async fn change_on_failure_follows_the_annotation() -> Result<()> {
         "true",
     ));
     applied_after(&tether, before).await?;
-    let on_a = session_on(&http, &url, "INGRESSCOOKIE", "a").await?;
-    lab.pod_mut("a").stop().await;
-    let mut jar = on_a;
-    re_pinned(&http, &url, &mut jar, "a").await?;
-    lab.pod_mut("a").restart()?;
-    stays_on(&http, &url, &jar, "b", 3).await?;
+    // b has not failed yet, so new sessions still land there.
+    let on_b = session_on(&http, &url, "INGRESSCOOKIE", "b").await?;
+    lab.pod_mut("b").stop().await;
+    let mut jar = on_b;
+    re_pinned(&http, &url, &mut jar, "b").await?;
+    lab.pod_mut("b").restart()?;
+    stays_on(&http, &url, &jar, "a", 3).await?;
     Ok(())
 }
 
