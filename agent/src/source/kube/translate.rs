@@ -793,9 +793,10 @@ impl Translator<'_> {
         winner.balancing
     }
 
-    /// The targets of a Service port: ready endpoints are active; terminating ones drain
-    /// (weight 0) with drain support on and are left out without it; other not-ready ones are
-    /// left out (Kong Ingress Controller's rule; `serving` is not read).
+    /// The targets of a Service port: with drain support, terminating endpoints drain (weight
+    /// 0); otherwise ready endpoints are active and the rest left out (Kong Ingress
+    /// Controller's rule; `serving` is not read). Without drain support a terminating endpoint
+    /// is left out unless reported ready (publishNotReadyAddresses), as KIC does.
     fn targets(&self, key: &Key, port: &ServicePort) -> Vec<Target> {
         let name = port.name.as_deref().unwrap_or("");
         let protocol = port.protocol.as_deref().unwrap_or("TCP");
@@ -824,10 +825,13 @@ impl Translator<'_> {
                     continue;
                 };
                 let conditions = endpoint.conditions.clone().unwrap_or_default();
-                let state = if conditions.ready.unwrap_or(true) {
-                    TargetState::Active
-                } else if self.settings.drain && conditions.terminating.unwrap_or(false) {
+                let terminating = conditions.terminating.unwrap_or(false);
+                // Terminating drains even when reported ready (publishNotReadyAddresses
+                // Services report every endpoint ready).
+                let state = if self.settings.drain && terminating {
                     TargetState::Draining
+                } else if conditions.ready.unwrap_or(true) {
+                    TargetState::Active
                 } else {
                     continue;
                 };

@@ -194,6 +194,18 @@ fn drain_keeps_terminating_endpoints_at_weight_zero() {
 }
 
 #[test]
+fn terminating_drains_even_when_reported_ready() {
+    // publishNotReadyAddresses: the controller reports every endpoint ready.
+    let mut endpoint = Endpoint::terminating("a", addr(9001));
+    endpoint.ready = true;
+    let objects = how_to(&[endpoint, Endpoint::ready("b", addr(9002))]);
+    let with = translate(&snapshot(&objects), &settings(true));
+    assert_eq!(with.services[ECHO].targets[0].state, TargetState::Draining);
+    let without = translate(&snapshot(&objects), &settings(false));
+    assert_eq!(without.services[ECHO].targets[0].state, TargetState::Active);
+}
+
+#[test]
 fn conditions_left_out_mean_ready() {
     let mut slice = cluster::pod_slice(&Endpoint::ready("a", addr(9001)));
     slice["endpoints"][0]
