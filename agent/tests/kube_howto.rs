@@ -990,3 +990,38 @@ async fn in_cluster_with_the_service_account() -> Result<()> {
     );
     Ok(())
 }
+
+/// Drain support off, through the other two dialects: a terminating pod's sessions re-pin at
+/// once.
+async fn removed_at_once(objects: Vec<serde_json::Value>, cookie: &str) -> Result<()> {
+    let lab = Lab::new(&["a", "b", "c"], objects)?;
+    let tether = lab.tether(TETHER, &[]).await?;
+    let http = Http::new();
+    let url = tether.url("/echo");
+    let mut on_b = session_on(&http, &url, cookie, "b").await?;
+    stays_on(&http, &url, &on_b, "b", 5).await?;
+    let before = tether.generation().await?;
+    lab.terminating("b");
+    applied_after(&tether, before).await?;
+    let moved = re_pinned(&http, &url, &mut on_b, "b").await?;
+    stays_on(&http, &url, &on_b, &moved, 3).await?;
+    let landed = new_sessions(&http, &url, 12).await?;
+    ensure!(!landed.iter().any(|p| p == "b"), "{landed:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ingress_nginx_affinity_without_drain() -> Result<()> {
+    removed_at_once(vec![cluster::nginx_sticky_ingress()], "INGRESSCOOKIE").await
+}
+
+#[tokio::test]
+async fn gateway_api_session_persistence_without_drain() -> Result<()> {
+    removed_at_once(
+        vec![cluster::echo_route_with_persistence(
+            json!({"sessionName": "gw-session"}),
+        )],
+        "gw-session",
+    )
+    .await
+}
