@@ -31,6 +31,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields: the fixed set and any named in `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass, so the tunnel can be set up.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the few names present is far cheaper
+    // than a hashed remove() per hop-by-hop name (measured with callgrind).
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -58,6 +63,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == UPGRADE
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Adds X-Forwarded-For (appended), X-Forwarded-Proto/-Host/-Port (set) and Via.
