@@ -365,7 +365,10 @@ fn spawn_watch<K>(
             .boxed();
         while let Some(event) = events.next().await {
             let message = match event {
-                Ok(event) => Message::Update(Box::new(wrap(event))),
+                Ok(event) => Message::Update(Box::new(wrap(event.modify(|object| {
+                    // Kept by every agent for every object, and never read: dropped on arrival.
+                    object.meta_mut().managed_fields = None;
+                })))),
                 Err(error) => Message::Failed(kind, error),
             };
             if sender.send(message).is_err() {
