@@ -784,3 +784,56 @@ fn check_overlay(name: &str, docs: &[Value]) -> Result<()> {
     }
     Ok(())
 }
+
+/// What tether itself writes to the API server (a Warning Event, the cookie Secret) passes the
+/// same schema validation.
+#[test]
+fn the_objects_tether_creates_validate() -> Result<()> {
+    use tether::source::kube::{events, secret, translate};
+    let finding = translate::Finding {
+        regarding: translate::ObjectRef {
+            kind: "Ingress",
+            api_version: "networking.k8s.io/v1",
+            namespace: "kong".into(),
+            name: "nginx-test".into(),
+            uid: "00000000-0000-4000-8000-000000000001".into(),
+        },
+        reason: "PolicyConflict",
+        message: "conflicting session policies".into(),
+    };
+    let mut event = serde_json::to_value(events::event(
+        &finding,
+        &events::event_name(&finding),
+        "node-1",
+    ))?;
+    event["apiVersion"] = json!("events.k8s.io/v1");
+    event["kind"] = json!("Event");
+    let mut created = serde_json::to_value(secret::new_secret(
+        "tether-system",
+        "tether-cookie-key",
+        b"0123456789abcdef0123456789abcdef",
+    ))?;
+    created["apiVersion"] = json!("v1");
+    created["kind"] = json!("Secret");
+    let dir = target_dir().join("deploy-rendered");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("created-by-tether.yaml");
+    std::fs::write(&file, format!("{}\n---\n{}\n", event, created))?;
+    let unknown = kubernetes_validate(&file)?;
+    ensure!(unknown.is_empty(), "{unknown:?}");
+    for field in [
+        "eventTime",
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+        "type",
+        "regarding",
+    ] {
+        ensure!(
+            !event[field].is_null(),
+            "Event.{field} is required by the API server"
+        );
+    }
+    Ok(())
+}

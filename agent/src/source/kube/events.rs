@@ -114,7 +114,8 @@ pub fn event_name(finding: &Finding) -> String {
     format!("{object}.tether.{hash}")
 }
 
-fn event(finding: &Finding, name: &str, instance: &str) -> Event {
+/// The Event posted for `finding` (named `name`, from agent `instance`).
+pub fn event(finding: &Finding, name: &str, instance: &str) -> Event {
     let regarding = &finding.regarding;
     let mut note = finding.message.clone();
     if note.len() > MAX_NOTE {

@@ -59,7 +59,8 @@ fn content(secret: &Secret, namespace: &str, name: &str) -> Result<Vec<u8>, Erro
         .ok_or_else(|| Error::Secret(format!("Secret {namespace}/{name} has no data.{DATA_KEY}")))
 }
 
-fn new_secret(namespace: &str, name: &str, key: &[u8]) -> Secret {
+/// The Secret an agent creates to share `key`.
+pub fn new_secret(namespace: &str, name: &str, key: &[u8]) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
