@@ -74,13 +74,23 @@ fn venv() -> Result<PathBuf> {
         let _ = std::fs::remove_dir_all(&dir);
         run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
             .context("python3 -m venv (Debian: apt-get install python3-venv)")?;
-        run(Command::new(dir.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            KUBERNETES_VALIDATE,
-        ]))
-        .context("pip install kubernetes-validate (from PyPI)")?;
+        let install = || {
+            run(Command::new(dir.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--retries",
+                "5",
+                KUBERNETES_VALIDATE,
+            ]))
+        };
+        // Once more after a pause: a registry hiccup should not fail the suite.
+        install()
+            .or_else(|_| {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                install()
+            })
+            .context("pip install kubernetes-validate (from PyPI)")?;
         std::fs::write(&marker, KUBERNETES_VALIDATE)?;
     }
     *ready = Some(dir.clone());
