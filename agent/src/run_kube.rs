@@ -235,6 +235,7 @@ async fn cookie_key(
                 }
                 Err(kube::Error::Secret(message)) => bail!("{message}"),
                 Err(error) => {
+                    let error = format!("{:#}", anyhow::Error::from(error));
                     warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot read the cookie key Secret yet");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));

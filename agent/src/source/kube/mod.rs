@@ -54,19 +54,17 @@ pub const MAX_DELAY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the kubeconfig {path}: {source}")]
+    #[error("cannot read the kubeconfig {path}")]
     Kubeconfig {
         path: PathBuf,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error(
-        "no Kubernetes configuration: {0} (pass --kubeconfig, set KUBECONFIG, or run in a pod)"
-    )]
+    #[error("no Kubernetes configuration (pass --kubeconfig, set KUBECONFIG, or run in a pod)")]
     Infer(#[source] kube::config::InferConfigError),
-    #[error("cannot build a Kubernetes client: {0}")]
+    #[error("cannot build a Kubernetes client")]
     Client(#[source] kube::Error),
-    #[error("{0}: {1}")]
+    #[error("{0}")]
     Api(String, #[source] kube::Error),
     #[error("{0}")]
     Secret(String),
