@@ -53,7 +53,7 @@ fn base_model(options: &RunOptions) -> Result<Model> {
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    let mut model = loaded.model;
+    let model = loaded.model;
     if !model.routes.is_empty() || !model.services.is_empty() {
         bail!(
             "{}: with --kubernetes the file supplies only proxy, admin and dataplane; routes and services come from the cluster",
@@ -66,7 +66,6 @@ fn base_model(options: &RunOptions) -> Result<Model> {
             path.display()
         );
     }
-    model.routes.clear();
     Ok(model)
 }
 
