@@ -116,7 +116,12 @@ pub fn run(mut options: RunOptions) -> Result<()> {
                     }
                     warn_about_restart_only_changes(&running, &loaded.model, key_file.as_ref());
                     generation += 1;
-                    let tables = Tables::build(&loaded.model, &shared.codec, &metrics, generation);
+                    let tables = shared.tables.load().rebuild(
+                        &loaded.model,
+                        &shared.codec,
+                        &metrics,
+                        generation,
+                    );
                     shared.tables.store(Arc::new(tables));
                     metrics.config_generation.set(generation as i64);
                     log_model(&loaded.model);

@@ -163,7 +163,7 @@ pub fn run(options: RunOptions, kubernetes: kube::Options) -> Result<()> {
             }
             generation += 1;
             log_changes(&running, &model);
-            shared.tables.store(Arc::new(Tables::build(
+            shared.tables.store(Arc::new(shared.tables.load().rebuild(
                 &model,
                 &shared.codec,
                 &metrics,

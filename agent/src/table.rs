@@ -27,7 +27,7 @@ pub struct Tables {
     /// Whether any route matches on host; if none does, requests skip reading it.
     pub routes_by_host: bool,
     routes: Vec<CompiledRoute>,
-    services: Vec<ServiceTable>,
+    services: Vec<Arc<ServiceTable>>,
 }
 
 struct CompiledRoute {
@@ -38,10 +38,40 @@ struct CompiledRoute {
 
 impl Tables {
     pub fn build(model: &Model, codec: &CookieCodec, metrics: &Metrics, generation: u64) -> Self {
-        let services: Vec<ServiceTable> = model
+        Self::build_reusing(None, model, codec, metrics, generation)
+    }
+
+    /// Tables for `model` that keep this one's table for every service that did not change, so a
+    /// change to one service leaves the others' round-robin position, in-flight counts and
+    /// failure avoidance alone (Kubernetes changes one EndpointSlice at a time).
+    pub fn rebuild(
+        &self,
+        model: &Model,
+        codec: &CookieCodec,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Self {
+        Self::build_reusing(Some(self), model, codec, metrics, generation)
+    }
+
+    fn build_reusing(
+        previous: Option<&Tables>,
+        model: &Model,
+        codec: &CookieCodec,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Self {
+        let services: Vec<Arc<ServiceTable>> = model
             .services
             .values()
-            .map(|service| ServiceTable::build(service, codec, metrics, generation))
+            .map(|service| {
+                let unchanged = previous
+                    .and_then(|tables| tables.services.iter().find(|t| t.source == *service));
+                match unchanged {
+                    Some(table) => table.clone(),
+                    None => Arc::new(ServiceTable::build(service, codec, metrics, generation)),
+                }
+            })
             .collect();
         let index_of = |name: &str| services.iter().position(|s| &*s.name == name);
         let mut routes: Vec<(usize, CompiledRoute)> = model
@@ -95,11 +125,14 @@ impl Tables {
             .find(|route| {
                 host_matches(route.host.as_ref(), host) && path_matches(&route.path, path)
             })
-            .map(|route| &self.services[route.service])
+            .map(|route| &*self.services[route.service])
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceTable> {
-        self.services.iter().find(|s| &*s.name == name)
+        self.services
+            .iter()
+            .find(|s| &*s.name == name)
+            .map(|s| &**s)
     }
 }
 
@@ -147,6 +180,8 @@ pub enum Strategy {
 
 pub struct ServiceTable {
     pub name: Arc<str>,
+    /// The model this table was built from: an equal one later reuses the table.
+    source: crate::model::Service,
     pub strategy: Strategy,
     pub targets: Box<[TargetSlot]>,
     candidates: Box<[Candidate]>,
@@ -303,6 +338,7 @@ impl ServiceTable {
             ^ generation
             ^ u64::from(std::process::id())) as usize;
         Self {
+            source: service.clone(),
             round_robin: WeightedRoundRobin::new(&candidates, start),
             in_flight: candidates.iter().map(|_| AtomicU32::new(0)).collect(),
             candidates,
@@ -455,6 +491,31 @@ services:
         assert_eq!(routed(&t, Some("shop.example.com"), "/other"), "wild");
         assert_eq!(routed(&t, Some("a.b.example.com"), "/other"), "root");
         assert_eq!(routed(&t, Some("example.com"), "/other"), "root");
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_tables_of_unchanged_services() {
+        let yaml = |b_port: u16| {
+            format!(
+                "services:\n  a:\n    targets: [{{address: 127.0.0.1:1}}, {{address: 127.0.0.1:2}}]\n  b:\n    targets: [{{address: 127.0.0.1:{b_port}}}]\n"
+            )
+        };
+        let codec = CookieCodec::new(&[1; 32]);
+        let metrics = Metrics::default();
+        let first_model = file::parse(&yaml(3), "t").expect("valid").model;
+        let first = Tables::build(&first_model, &codec, &metrics, 1);
+        let next_after_first = first.service("a").expect("a").pick_new(None, |_| false);
+        let second_model = file::parse(&yaml(4), "t").expect("valid").model;
+        let second = first.rebuild(&second_model, &codec, &metrics, 2);
+        let a1 = first.service("a").expect("a") as *const ServiceTable;
+        let a2 = second.service("a").expect("a") as *const ServiceTable;
+        assert_eq!(a1, a2, "unchanged service a was rebuilt");
+        let b1 = first.service("b").expect("b") as *const ServiceTable;
+        let b2 = second.service("b").expect("b") as *const ServiceTable;
+        assert_ne!(b1, b2, "changed service b was reused");
+        // The round-robin rotation carries on where it was.
+        let next = second.service("a").expect("a").pick_new(None, |_| false);
+        assert_ne!(next, next_after_first);
     }
 
     #[test]
