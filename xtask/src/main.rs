@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build-ebpf | demo | bench l7`.
+//! Project tasks: `cargo xtask build-ebpf | demo | test | bench l7 | bench l4`.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 

@@ -26,7 +26,7 @@ pub fn run(options: &Options) -> Result<()> {
 }
 
 /// Pinned maps live on bpffs; mount it where the kernel expects it, if we may and it is missing.
-fn mount_bpffs_if_needed() {
+pub fn mount_bpffs_if_needed() {
     let mounted = std::fs::read_to_string("/proc/mounts")
         .map(|mounts| {
             mounts

@@ -8,8 +8,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
-const FAMILY: &str = "sans-serif";
+pub(super) static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+pub(super) const FAMILY: &str = "sans-serif";
 const WIDTH: u32 = 1400;
 const HEIGHT: u32 = 720;
 
@@ -304,6 +304,6 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
-fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
+pub(super) fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
     anyhow!("plotting failed: {error:?}")
 }

@@ -1,0 +1,1590 @@
+//! `cargo xtask bench l4`: the kernel data plane against nftables DNAT (kube-proxy's nftables
+//! mode) and no translation at all, in one run.
+//!
+//! Two parts:
+//!
+//! 1. **Per-packet cost** of `tether_xdp` under `BPF_PROG_TEST_RUN` (see [`cost`]): ns/packet of
+//!    a SYN, an established-flow packet and two misses, next to the empty program
+//!    `tether_xdp_nop` in the same run. Target: established <= 3x empty.
+//! 2. **End-to-end throughput** in a namespace topology the bench builds (see [`lab`]): client
+//!    → node → three pods, the node steering the VIP with tether (XDP on its client-facing veth,
+//!    TC reverse NAT on its egress), with nftables DNAT + conntrack, or not at all (direct, to a
+//!    pod address). The same load for each (see [`load`]): bulk TCP (per-packet path) and
+//!    connection rate (per-flow path). Everything the node does runs in its veths' NAPI kthreads,
+//!    pinned to the node CPU; their CPU time is the node's cost, and throughput per node CPU
+//!    is compared "at the same CPU". Target: tether >= 1.5x nftables there.
+//!
+//! Root only. A fresh lab (namespaces, servers, system) per system and round; a guard deletes
+//! it on success, error and Ctrl-C.
+use crate::harness::{
+    cpu_list, have_program, nproc, parse_cpu_list, utc_now, wait_for_quiet, Machine, Snapshot,
+    Usage,
+};
+use crate::{build_ebpf, util};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+mod chart;
+mod cost;
+mod lab;
+mod load;
+
+use lab::{Lab, Steering, TetherSetup};
+
+/// The throughput bar (tether over nftables, per node CPU).
+const TARGET_RATIO: f64 = 1.5;
+/// CPU (% of one CPU) that other processes may use before a sample counts as disturbed.
+const QUIET_PCT: f64 = 10.0;
+/// TCP payload per full-size packet on a 1500-byte MTU with timestamps: for packets/s estimates.
+const MSS: f64 = 1448.0;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Seconds of measured load per cell (system x scenario).
+    #[arg(long, default_value_t = 8)]
+    duration: u64,
+    /// Seconds of unmeasured load before each cell.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Rounds of the whole matrix (system order rotates); cells report medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Systems to run.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = [System::Direct, System::Tether, System::Nftables])]
+    systems: Vec<System>,
+    /// Scenarios to run.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = [Scenario::Bulk, Scenario::ConnRate])]
+    scenarios: Vec<Scenario>,
+    /// Bulk: parallel TCP streams.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Connection rate: connections kept in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Transport checksums on the client's and pods' veths: offload (partial checksums, nothing
+    /// computed in software, as with a NIC) or complete (offload off, as the tests do).
+    #[arg(long, value_enum, default_value_t = lab::Checksums::Offload)]
+    checksums: lab::Checksums,
+    /// How the client's frames reach the node: through a "wire" that hands the node's veth raw
+    /// frames, as a NIC's ring does (native XDP then runs before any skb exists), or veth to
+    /// veth (native XDP on a veth copies every locally-sent skb first).
+    #[arg(long, value_enum, default_value_t = lab::Ingress::Wire)]
+    ingress: lab::Ingress,
+    /// XDP attach mode for tether (native or skb).
+    #[arg(long, default_value = "native", value_parser = ["native", "skb"])]
+    xdp_mode: String,
+    /// CPU(s) for the node's packet processing (its NAPI kthreads) and the cost runs; default 0.
+    #[arg(long)]
+    node_cpus: Option<String>,
+    /// CPU(s) for the client, the pods and their packet processing; default all but the node's.
+    #[arg(long)]
+    load_cpus: Option<String>,
+    /// BPF_PROG_TEST_RUN rounds (medians are reported).
+    #[arg(long, default_value_t = 7)]
+    cost_rounds: u32,
+    /// BPF_PROG_TEST_RUN repeats per fixture and round (the SYN fixture: 1000, its chain).
+    #[arg(long, default_value_t = 1_000_000)]
+    cost_repeat: u32,
+    /// Only the per-packet cost part.
+    #[arg(long, conflicts_with = "skip_cost")]
+    cost_only: bool,
+    /// Skip the per-packet cost part.
+    #[arg(long)]
+    skip_cost: bool,
+    /// Before each cell, wait up to this many seconds for other processes to go quiet
+    /// (< 10% of a CPU, I/O stalls < 10% of the time); 0 to not wait.
+    #[arg(long, default_value_t = 15)]
+    quiet_wait: u64,
+    /// Use the kernel object and tether binary already built.
+    #[arg(long)]
+    skip_build: bool,
+    /// Where to write l4-*.json and l4-latest.png (default: bench/results).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    Direct,
+    Tether,
+    Nftables,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Direct => "direct",
+            System::Tether => "tether",
+            System::Nftables => "nftables",
+        }
+    }
+
+    fn steering(self) -> Steering {
+        match self {
+            System::Direct => Steering::Direct,
+            System::Tether => Steering::Tether,
+            System::Nftables => Steering::Nftables,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    Bulk,
+    ConnRate,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Bulk => "bulk",
+            Scenario::ConnRate => "conn-rate",
+        }
+    }
+
+    /// The throughput unit.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::Bulk => "Gbit/s",
+            Scenario::ConnRate => "conn/s",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+#[derive(Serialize)]
+pub struct Report {
+    pub bench: &'static str,
+    pub timestamp: String,
+    pub machine: Machine,
+    pub tools: BTreeMap<String, String>,
+    pub settings: Settings,
+    pub cost: Option<cost::CostReport>,
+    pub cost_error: Option<String>,
+    pub cells: Vec<Cell>,
+    pub ratios: Vec<Ratio>,
+    pub target: Target,
+    pub notes: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Settings {
+    pub duration_s: u64,
+    pub warmup_s: u64,
+    pub rounds: u32,
+    pub streams: usize,
+    pub concurrency: usize,
+    pub xdp_mode: String,
+    pub checksums: lab::Checksums,
+    pub ingress: lab::Ingress,
+    pub node_cpus: String,
+    pub load_cpus: String,
+    pub topology: String,
+    pub systems: BTreeMap<String, String>,
+    pub scenarios: BTreeMap<String, String>,
+    pub node_cost: String,
+    pub tether_binary: Option<String>,
+}
+
+/// One system under one scenario; medians over rounds.
+#[derive(Serialize)]
+pub struct Cell {
+    pub system: System,
+    pub scenario: Scenario,
+    pub ok: bool,
+    /// Every round of this cell ran while the machine was busy.
+    pub disturbed: bool,
+    pub samples_used: usize,
+    pub error: Option<String>,
+    pub notes: Vec<String>,
+    /// Gbit/s (bulk) or connections/s (conn-rate).
+    pub throughput: Option<f64>,
+    pub throughput_min: Option<f64>,
+    pub throughput_max: Option<f64>,
+    /// The node's NAPI kthreads' CPU time, % of one CPU.
+    pub node_cpu_pct: Option<f64>,
+    /// Throughput per node CPU: `throughput / (node_cpu_pct / 100)` (median of the rounds').
+    pub per_node_cpu: Option<f64>,
+    pub per_node_cpu_min: Option<f64>,
+    pub per_node_cpu_max: Option<f64>,
+    /// Node CPU per unit: ns per packet received from the client (bulk) or µs per connection.
+    pub node_cost: Option<f64>,
+    pub node_cost_unit: &'static str,
+    pub latency_p50_us: Option<f64>,
+    pub latency_p99_us: Option<f64>,
+    pub cpu: CpuUse,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CpuUse {
+    /// The node's NAPI kthreads, % of one CPU (the node's cost).
+    pub node_threads_pct: Option<f64>,
+    /// Busy share (0–100 %) of the node CPU(s) (includes other processes placed there).
+    pub node_cpu_busy_pct: Option<f64>,
+    /// Busy share of the load CPU(s): ~100 % means the load side was the limit.
+    pub load_cpu_busy_pct: Option<f64>,
+    /// Processes outside this bench and the node's kthreads, % of one CPU.
+    pub other_pct: Option<f64>,
+    /// Share of wall time some task stalled on I/O (PSI): other users of the machine.
+    pub io_pressure_pct: Option<f64>,
+    pub steal_pct: Option<f64>,
+}
+
+impl CpuUse {
+    fn disturbed(&self) -> bool {
+        self.other_pct.is_some_and(|v| v >= QUIET_PCT)
+            || self.io_pressure_pct.is_some_and(|v| v >= QUIET_PCT)
+    }
+}
+
+#[derive(Serialize)]
+pub struct Sample {
+    pub round: u32,
+    pub seconds: f64,
+    pub throughput: f64,
+    /// Bytes received by the pods' sinks (bulk), connections completed (conn-rate).
+    pub units: u64,
+    pub errors: u64,
+    /// conn-rate: errors by kind.
+    pub error_kinds: BTreeMap<String, u64>,
+    pub node_cpu_pct: f64,
+    pub per_node_cpu: Option<f64>,
+    pub node_cost: Option<f64>,
+    pub latency_p50_us: Option<f64>,
+    pub latency_p99_us: Option<f64>,
+    /// Connections answered per pod (conn-rate).
+    pub pods: Vec<u64>,
+    /// Backlog drops (/proc/net/softnet_stat) during the measurement.
+    pub softnet_drops: u64,
+    /// Packets the senders' veths dropped because the receiving ring was full, by sender.
+    pub sender_drops: BTreeMap<String, u64>,
+    /// Packets the node's client-facing veth received (bulk: the node cost's denominator).
+    pub node_rx_packets: u64,
+    /// nftables: conntrack entries in the node after the cell.
+    pub conntrack_entries: Option<u64>,
+    /// tether: packets its XDP program steered during the cell (warmup included).
+    pub xdp_steered_packets: Option<u64>,
+    pub cpu: CpuUse,
+}
+
+impl Sample {
+    fn disturbed(&self) -> bool {
+        self.cpu.disturbed()
+    }
+}
+
+#[derive(Serialize)]
+pub struct Ratio {
+    pub scenario: Scenario,
+    pub numerator: System,
+    pub denominator: System,
+    pub throughput: Option<f64>,
+    pub per_node_cpu: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct Target {
+    pub rule: String,
+    pub pass: bool,
+    pub scenarios: Vec<TargetLine>,
+    pub cost_rule: Option<String>,
+    pub cost_pass: Option<bool>,
+    pub cost_reason: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct TargetLine {
+    pub scenario: Scenario,
+    pub pass: bool,
+    pub per_node_cpu_ratio: Option<f64>,
+    pub throughput_ratio: Option<f64>,
+    pub reason: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interruption
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT/SIGTERM/SIGHUP set a flag instead of killing the process, so the labs' guards run.
+fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps `duration` in short steps, failing at once when interrupted.
+fn sleep_checked(duration: Duration) -> Result<()> {
+    let deadline = Instant::now() + duration;
+    loop {
+        check_interrupted()?;
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!(
+            "cargo xtask bench l4 needs root (it loads BPF programs, creates network namespaces \
+             and nftables rules); effective uid is {euid}. Run it as root, e.g. \
+             `sudo -E cargo xtask bench l4`"
+        );
+    }
+    Ok(())
+}
+
+/// Installs the Debian packages providing `programs` that are missing.
+fn ensure_programs(programs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .filter(|(program, _)| {
+            !have_program(program) && !have_program(&format!("/usr/sbin/{program}"))
+        })
+        .map(|(_, package)| *package)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have_program("apt-get") {
+        bail!(
+            "missing {}; install them (no apt-get here)",
+            missing.join(", ")
+        );
+    }
+    println!("installing {} (apt-get)", missing.join(", "));
+    let install = |update: bool| -> Result<bool> {
+        if update {
+            util::run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+        }
+        Ok(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("run apt-get")?
+            .success())
+    };
+    if !install(false)? && !install(true)? {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// The kernel object and the tether binary; a tether that does not build is reported, and the
+/// binary already there used if there is one.
+fn build(options: &Options, root: &Path) -> Result<(PathBuf, PathBuf, Option<String>)> {
+    let binary = root.join("target/release/tether");
+    let object = if options.skip_build {
+        build_ebpf::object_path(root, "release")
+    } else {
+        build_ebpf::run(&build_ebpf::Options::default())?
+    };
+    if !object.is_file() {
+        bail!(
+            "no kernel object at {}; run `cargo xtask build-ebpf`",
+            object.display()
+        );
+    }
+    let mut note = None;
+    if !options.skip_build && !options.cost_only {
+        let built = util::run_checked(Command::new(env!("CARGO")).current_dir(root).args([
+            "build",
+            "--release",
+            "-p",
+            "tether",
+            "--bin",
+            "tether",
+        ]));
+        if let Err(error) = built {
+            if binary.is_file() {
+                let text = format!(
+                    "the release build of tether failed ({error:#}); using the binary already in \
+                     target/release (built earlier)"
+                );
+                eprintln!("warning: {text}");
+                note = Some(text);
+            } else {
+                return Err(error.context("building tether"));
+            }
+        }
+    }
+    Ok((object, binary, note))
+}
+
+fn pinning(options: &Options) -> Result<(Vec<usize>, Vec<usize>)> {
+    let n = nproc();
+    let node = match &options.node_cpus {
+        Some(list) => parse_cpu_list(list)?,
+        None => vec![0],
+    };
+    let load = match &options.load_cpus {
+        Some(list) => parse_cpu_list(list)?,
+        None if n >= 2 => (0..n).filter(|c| !node.contains(c)).collect(),
+        None => vec![0],
+    };
+    if let Some(cpu) = node.iter().chain(&load).find(|&&c| c >= n) {
+        bail!("CPU {cpu} does not exist here ({n} CPUs)");
+    }
+    if node.iter().any(|c| load.contains(c)) {
+        eprintln!(
+            "warning: the node and load CPU sets overlap: the client's and pods' receive \
+             processing may then be charged to the node"
+        );
+    }
+    Ok((node, load))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run
+
+struct Ctx<'a> {
+    options: &'a Options,
+    dir: PathBuf,
+    binary: PathBuf,
+    object: PathBuf,
+    node_cpus: Vec<usize>,
+    load_cpus: Vec<usize>,
+    scenarios: Vec<Scenario>,
+}
+
+#[derive(Default)]
+struct Acc {
+    samples: Vec<Sample>,
+    errors: Vec<String>,
+    notes: BTreeSet<String>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    require_root()?;
+    if options.duration == 0
+        || options.rounds == 0
+        || options.streams == 0
+        || options.concurrency == 0
+    {
+        bail!("--duration, --rounds, --streams and --concurrency must be positive");
+    }
+    install_signal_handlers();
+    ensure_programs(&[("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")])?;
+    crate::test::mount_bpffs_if_needed();
+
+    let mut systems = options.systems.clone();
+    systems.sort();
+    systems.dedup();
+    let mut scenarios = options.scenarios.clone();
+    scenarios.sort();
+    scenarios.dedup();
+    let root = util::workspace_root();
+    let out_dir = options
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| root.join("bench/results"));
+    let (object, binary, build_note) = build(options, &root)?;
+    let (node_cpus, load_cpus) = pinning(options)?;
+    for stale in lab::remove_stale(binary.is_file().then_some(binary.as_path())) {
+        println!("removed {stale} (left by an earlier run that was killed)");
+    }
+    let machine = Machine::probe(&root);
+    let tools = tools();
+    let (timestamp, stamp) = utc_now();
+    let temp = crate::harness::TempDir::new("tether-bench-l4")?;
+    let ctx = Ctx {
+        options,
+        dir: temp.path().to_path_buf(),
+        binary,
+        object,
+        node_cpus,
+        load_cpus,
+        scenarios: scenarios.clone(),
+    };
+    print_header(&ctx, &machine, &tools);
+    let mut notes: Vec<String> = build_note.into_iter().collect();
+    if nproc() < 2 {
+        notes.push(
+            "one CPU: the node's cost cannot be separated from the load's; numbers are indicative"
+                .into(),
+        );
+    }
+
+    // Part 1: ns/packet.
+    let (cost, cost_error) = if options.skip_cost {
+        (None, None)
+    } else {
+        println!(
+            "per-packet cost (BPF_PROG_TEST_RUN, pinned to CPU {}):",
+            cpu_list(&ctx.node_cpus[..1])
+        );
+        quiet(options.quiet_wait)?;
+        let before = Snapshot::take();
+        let measured = cost::measure(
+            &ctx.object,
+            cost::Options {
+                rounds: options.cost_rounds,
+                repeat: options.cost_repeat,
+            },
+            ctx.node_cpus.first().copied(),
+        );
+        let after = Snapshot::take();
+        match measured {
+            Ok(mut report) => {
+                if let (Some(b), Some(a)) = (&before, &after) {
+                    let usage = Snapshot::usage(b, a, None, &[], &[]);
+                    report.other_cpu_pct = usage.foreign_pct;
+                    report.io_pressure_pct = usage.io_pressure_pct;
+                    if usage.disturbed(QUIET_PCT) {
+                        notes.push(format!(
+                            "ns/packet: other processes used {} of a CPU and stalled on I/O {} of \
+                             the time while it was measured; rerun on an idle machine",
+                            pct(usage.foreign_pct),
+                            pct(usage.io_pressure_pct)
+                        ));
+                    }
+                }
+                print_cost(&report);
+                (Some(report), None)
+            }
+            Err(error) => {
+                println!("  FAILED: {error:#}");
+                (None, Some(format!("{error:#}")))
+            }
+        }
+    };
+    check_interrupted()?;
+
+    // Part 2: throughput.
+    let mut acc: BTreeMap<(System, Scenario), Acc> = BTreeMap::new();
+    if !options.cost_only {
+        println!();
+        println!(
+            "throughput (client -> node -> pods, {} s per cell after {} s warmup):",
+            options.duration, options.warmup
+        );
+        for round in 1..=options.rounds {
+            let mut order = systems.clone();
+            let shift = (round as usize - 1) % order.len();
+            order.rotate_left(shift);
+            if options.rounds > 1 {
+                println!("round {round}/{}", options.rounds);
+            }
+            for &system in &order {
+                run_system(&ctx, system, round, &mut acc)?;
+            }
+        }
+    }
+
+    let cells: Vec<Cell> = if options.cost_only {
+        Vec::new()
+    } else {
+        systems
+            .iter()
+            .flat_map(|&sys| scenarios.iter().map(move |&sc| (sys, sc)))
+            .map(|(sys, sc)| summarize(sys, sc, acc.remove(&(sys, sc)).unwrap_or_default()))
+            .collect()
+    };
+    let ratios = ratios(&cells, &scenarios);
+    let target = target(&cells, &scenarios, cost.as_ref());
+    let report = Report {
+        bench: "l4",
+        timestamp,
+        tools,
+        settings: settings(&ctx),
+        machine,
+        cost,
+        cost_error,
+        cells,
+        ratios,
+        target,
+        notes,
+    };
+    print_results(&report);
+
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    let stamped = out_dir.join(format!("l4-{stamp}.json"));
+    let latest = out_dir.join("l4-latest.json");
+    fs::write(&stamped, &json).with_context(|| format!("cannot write {}", stamped.display()))?;
+    fs::write(&latest, &json).with_context(|| format!("cannot write {}", latest.display()))?;
+    let png = out_dir.join("l4-latest.png");
+    chart::draw(&report, &png).context("cannot draw the chart")?;
+    println!(
+        "\nsaved {}, {} and {}",
+        shown(&stamped, &root),
+        shown(&latest, &root),
+        shown(&png, &root)
+    );
+
+    let mut failed: Vec<String> = report
+        .cells
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}/{}", c.system.name(), c.scenario.name()))
+        .collect();
+    if report.cost_error.is_some() {
+        failed.push("per-packet cost".into());
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} part(s) did not produce a clean result: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn tools() -> BTreeMap<String, String> {
+    let mut tools = BTreeMap::new();
+    let first = |program: &str, args: &[&str]| {
+        crate::harness::command_text(Command::new(program).args(args)).and_then(|t| {
+            t.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_string)
+        })
+    };
+    if let Some(v) = first("nft", &["--version"]) {
+        tools.insert("nft".into(), v);
+    }
+    if let Some(v) = first("ip", &["-V"]) {
+        tools.insert("iproute2".into(), v);
+    }
+    tools
+}
+
+/// One system in a fresh lab: start it, check it, run its scenarios. Failures land in the
+/// cells; only an interruption stops the run.
+fn run_system(
+    ctx: &Ctx,
+    system: System,
+    round: u32,
+    acc: &mut BTreeMap<(System, Scenario), Acc>,
+) -> Result<()> {
+    let mut lab = match prepare(ctx, system) {
+        Ok(lab) => lab,
+        Err(error) => {
+            check_interrupted()?;
+            let message = format!("{} failed to start: {error:#}", system.name());
+            println!(
+                "  {:<9} FAILED TO START\n{}",
+                system.name(),
+                crate::harness::indent(&format!("{error:#}"))
+            );
+            for &scenario in &ctx.scenarios {
+                acc.entry((system, scenario))
+                    .or_default()
+                    .errors
+                    .push(message.clone());
+            }
+            return Ok(());
+        }
+    };
+    for &scenario in &ctx.scenarios {
+        print!("  {:<9} {:<10} ", system.name(), scenario.name());
+        let _ = std::io::stdout().flush();
+        let entry = acc.entry((system, scenario)).or_default();
+        match measure(ctx, &mut lab, system, scenario, round, &mut entry.notes) {
+            Ok(sample) => {
+                println!(
+                    "{:>10} {:<6}  node cpu {:>4}  per node CPU {:>10}  node cost {:>8}  load cpu {} other {}{}{}",
+                    fmt_throughput(scenario, sample.throughput),
+                    scenario.unit(),
+                    pct(Some(sample.node_cpu_pct)),
+                    sample
+                        .per_node_cpu
+                        .map(|v| fmt_throughput(scenario, v))
+                        .unwrap_or_else(|| "-".into()),
+                    sample
+                        .node_cost
+                        .map(|v| format!("{v:.0} {}", cost_unit(scenario)))
+                        .unwrap_or_else(|| "-".into()),
+                    pct(sample.cpu.load_cpu_busy_pct),
+                    pct(sample.cpu.other_pct),
+                    if sample.sender_drops.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ring drops {:?}", sample.sender_drops)
+                    },
+                    if sample.errors > 0 {
+                        format!("  !! {} errors {:?}", sample.errors, sample.error_kinds)
+                    } else {
+                        String::new()
+                    }
+                );
+                entry.samples.push(sample);
+            }
+            Err(error) => {
+                check_interrupted()?;
+                println!("FAILED\n{}", crate::harness::indent(&format!("{error:#}")));
+                entry.errors.push(format!("{error:#}"));
+            }
+        }
+    }
+    drop(lab);
+    check_interrupted()
+}
+
+/// A fresh lab with its servers and `system` steering, checked end to end.
+fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
+    let mut lab = Lab::build(
+        &ctx.node_cpus,
+        &ctx.load_cpus,
+        ctx.options.checksums,
+        ctx.options.ingress,
+        &ctx.dir,
+    )?;
+    lab.servers = Some(load::Servers::start(&lab.pods, &ctx.load_cpus)?);
+    match system.steering() {
+        Steering::Direct => {}
+        Steering::Tether => lab.start_tether(&TetherSetup {
+            binary: &ctx.binary,
+            object: &ctx.object,
+            xdp_mode: &ctx.options.xdp_mode,
+        })?,
+        Steering::Nftables => lab.start_nftables()?,
+    }
+    let ((rr_ip, rr_port), (bulk_ip, bulk_port)) = Lab::targets(system.steering());
+    let (rr, bulk) = (
+        SocketAddrV4::new(rr_ip, rr_port),
+        SocketAddrV4::new(bulk_ip, bulk_port),
+    );
+    let pods =
+        load::probe_rr(&lab.client, rr, 12).context("probing the connection-rate service")?;
+    let distinct: BTreeSet<usize> = pods.iter().copied().collect();
+    match system {
+        System::Direct if distinct != BTreeSet::from([0]) => {
+            bail!("direct connections to pod 0 reached pods {distinct:?}")
+        }
+        System::Tether | System::Nftables if distinct.len() < 2 => {
+            bail!("12 connections to the VIP all reached pod(s) {distinct:?}: not load balanced")
+        }
+        _ => {}
+    }
+    let servers = lab.servers.as_ref().context("servers")?;
+    load::probe_bulk(&lab.client, servers, bulk, 1 << 20).context("probing the bulk service")?;
+    match system {
+        System::Tether => {
+            let stats = lab.tether_stats()?;
+            let counter = |name: &str| stats["counters"][name].as_u64().unwrap_or(0);
+            if counter("new_flows") < 13 || counter("reply_nat") == 0 {
+                bail!(
+                    "the probes did not go through tether's kernel path (new_flows {}, reply_nat \
+                     {}):\n{}",
+                    counter("new_flows"),
+                    counter("reply_nat"),
+                    lab.tether_log_tail()
+                );
+            }
+        }
+        System::Nftables => {
+            if lab.conntrack_count().unwrap_or(0) == 0 {
+                bail!("the probes left no conntrack entry in the node: nftables did not see them");
+            }
+        }
+        System::Direct => {}
+    }
+    Ok(lab)
+}
+
+struct Reading {
+    at: Instant,
+    node_ticks: u64,
+    wire_ticks: u64,
+    snapshot: Option<Snapshot>,
+    units: u64,
+    errors: u64,
+    error_kinds: [u64; 4],
+    served: Vec<u64>,
+    softnet_drops: u64,
+    sender_drops: BTreeMap<String, u64>,
+    node_rx_packets: u64,
+}
+
+fn reading(lab: &Lab, scenario: Scenario, load: &load::Load, pids: &[i32]) -> Reading {
+    let servers = lab.servers.as_ref();
+    Reading {
+        at: Instant::now(),
+        node_ticks: lab::task_ticks(pids),
+        wire_ticks: lab::task_ticks(&lab.wire_threads()),
+        snapshot: Snapshot::take(),
+        units: match scenario {
+            Scenario::Bulk => servers.map_or(0, load::Servers::bulk_bytes),
+            Scenario::ConnRate => load.progress.done.load(Ordering::Relaxed),
+        },
+        errors: load.progress.errors.load(Ordering::Relaxed),
+        error_kinds: std::array::from_fn(|i| load.progress.error_kinds[i].load(Ordering::Relaxed)),
+        served: servers.map(load::Servers::served).unwrap_or_default(),
+        softnet_drops: lab::softnet_drops(),
+        sender_drops: lab.sender_drops(),
+        node_rx_packets: lab.node_rx_packets(),
+    }
+}
+
+fn measure(
+    ctx: &Ctx,
+    lab: &mut Lab,
+    system: System,
+    scenario: Scenario,
+    round: u32,
+    notes: &mut BTreeSet<String>,
+) -> Result<Sample> {
+    let options = ctx.options;
+    quiet(options.quiet_wait)?;
+    let ((rr_ip, rr_port), (bulk_ip, bulk_port)) = Lab::targets(system.steering());
+    let xdp_before = match system {
+        System::Tether => Some(xdp_packets(lab)?),
+        _ => None,
+    };
+    let load = match scenario {
+        Scenario::Bulk => load::bulk(
+            &lab.client,
+            SocketAddrV4::new(bulk_ip, bulk_port),
+            options.streams,
+            &ctx.load_cpus,
+        ),
+        Scenario::ConnRate => load::connection_rate(
+            &lab.client,
+            SocketAddrV4::new(rr_ip, rr_port),
+            options.concurrency,
+            &ctx.load_cpus,
+        ),
+    };
+    sleep_checked(Duration::from_secs(options.warmup))?;
+    let pids = lab.pin_node_threads()?;
+    let before = reading(lab, scenario, &load, &pids);
+    load.progress.recording.store(true, Ordering::Relaxed);
+    sleep_checked(Duration::from_secs(options.duration))?;
+    let after = reading(lab, scenario, &load, &pids);
+    load.progress.recording.store(false, Ordering::Relaxed);
+    let mut latencies = load.finish();
+    if system == System::Tether {
+        lab.tether_running()?;
+    }
+    let xdp_steered_packets = match xdp_before {
+        Some(b) => Some(xdp_packets(lab)?.saturating_sub(b)),
+        None => None,
+    };
+    let conntrack_entries = match system {
+        System::Nftables => lab.conntrack_count(),
+        _ => None,
+    };
+
+    let seconds = after.at.duration_since(before.at).as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let node_ticks = after.node_ticks.saturating_sub(before.node_ticks) as f64;
+    let node_cpu_pct = 100.0 * node_ticks / hz / seconds;
+    let wire_cpu_pct =
+        100.0 * after.wire_ticks.saturating_sub(before.wire_ticks) as f64 / hz / seconds;
+    let units = after.units.saturating_sub(before.units);
+    let errors = after.errors.saturating_sub(before.errors);
+    let throughput = match scenario {
+        Scenario::Bulk => units as f64 * 8.0 / seconds / 1e9,
+        Scenario::ConnRate => units as f64 / seconds,
+    };
+    let per_node_cpu = (node_cpu_pct > 0.0).then(|| throughput / (node_cpu_pct / 100.0));
+    let node_seconds = node_ticks / hz;
+    let node_packets = after.node_rx_packets.saturating_sub(before.node_rx_packets);
+    let node_cost = match scenario {
+        // Per packet the node received from the client (retransmissions included).
+        Scenario::Bulk => (node_packets > 0).then(|| node_seconds * 1e9 / node_packets as f64),
+        Scenario::ConnRate => (units > 0).then(|| node_seconds * 1e6 / units as f64),
+    };
+    let usage = match (&before.snapshot, &after.snapshot) {
+        (Some(b), Some(a)) => Snapshot::usage(b, a, None, &ctx.node_cpus, &ctx.load_cpus),
+        _ => Usage::default(),
+    };
+    let cpu = CpuUse {
+        node_threads_pct: Some(node_cpu_pct),
+        node_cpu_busy_pct: usage.proxy_cpu_busy_pct,
+        load_cpu_busy_pct: usage.load_cpu_busy_pct,
+        // The node's and the wire's kthreads are not in this process's tree: take them out of
+        // "foreign".
+        other_pct: usage
+            .foreign_pct
+            .map(|f| (f - node_cpu_pct - wire_cpu_pct).max(0.0)),
+        io_pressure_pct: usage.io_pressure_pct,
+        steal_pct: usage.proxy_cpu_steal_pct,
+    };
+    if cpu.disturbed() {
+        notes.insert(format!(
+            "{}/{} round {round}: other processes used {} of a CPU and stalled on I/O {} of the \
+             time during the measurement",
+            system.name(),
+            scenario.name(),
+            pct(cpu.other_pct),
+            pct(cpu.io_pressure_pct)
+        ));
+    }
+    let (latency_p50_us, latency_p99_us) = if latencies.is_empty() {
+        (None, None)
+    } else {
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let i = ((latencies.len() - 1) as f64 * q).round() as usize;
+            f64::from(latencies[i])
+        };
+        (Some(at(0.5)), Some(at(0.99)))
+    };
+    let pods: Vec<u64> = after
+        .served
+        .iter()
+        .zip(before.served.iter().chain(std::iter::repeat(&0)))
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    if units == 0 {
+        bail!(
+            "no {} got through in {seconds:.1} s ({errors} errors)",
+            match scenario {
+                Scenario::Bulk => "bytes",
+                Scenario::ConnRate => "connections",
+            }
+        );
+    }
+    if let Some(steered) = xdp_steered_packets {
+        // Every full-size data packet of the cell went through the XDP program.
+        let expected = match scenario {
+            Scenario::Bulk => units as f64 / MSS,
+            Scenario::ConnRate => units as f64 * 3.0,
+        };
+        if (steered as f64) < 0.9 * expected {
+            bail!(
+                "tether's XDP program steered {steered} packets, fewer than the {expected:.0} \
+                 the measured traffic needs: the traffic did not take the kernel path"
+            );
+        }
+    }
+    Ok(Sample {
+        round,
+        seconds,
+        throughput,
+        units,
+        errors,
+        error_kinds: load::ERROR_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                (
+                    name.to_string(),
+                    after.error_kinds[i].saturating_sub(before.error_kinds[i]),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+        node_cpu_pct,
+        per_node_cpu,
+        node_cost,
+        latency_p50_us,
+        latency_p99_us,
+        pods: if scenario == Scenario::ConnRate {
+            pods
+        } else {
+            Vec::new()
+        },
+        softnet_drops: after.softnet_drops.saturating_sub(before.softnet_drops),
+        sender_drops: after
+            .sender_drops
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.saturating_sub(*before.sender_drops.get(k).unwrap_or(&0)),
+                )
+            })
+            .filter(|(_, v)| *v > 0)
+            .collect(),
+        node_rx_packets: node_packets,
+        conntrack_entries,
+        xdp_steered_packets,
+        cpu,
+    })
+}
+
+/// Waits (at most `seconds`) for other processes to go quiet, and says so when it waited.
+fn quiet(seconds: u64) -> Result<()> {
+    if seconds > 0 {
+        let (usage, waited) = wait_for_quiet(Duration::from_secs(seconds), QUIET_PCT);
+        if waited >= Duration::from_secs(2) {
+            print!(
+                "(waited {:.0} s for other processes: cpu {}, io {}) ",
+                waited.as_secs_f64(),
+                pct(usage.foreign_pct),
+                pct(usage.io_pressure_pct)
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
+    check_interrupted()
+}
+
+/// Packets tether's XDP program steered so far (all services).
+fn xdp_packets(lab: &Lab) -> Result<u64> {
+    let stats = lab.tether_stats()?;
+    Ok(stats["traffic"]["packets"].as_u64().unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summaries
+
+fn median(values: Vec<f64>) -> Option<f64> {
+    cost::median(values)
+}
+
+fn summarize(system: System, scenario: Scenario, acc: Acc) -> Cell {
+    let samples = acc.samples;
+    let quiet: Vec<&Sample> = samples.iter().filter(|s| !s.disturbed()).collect();
+    let disturbed = quiet.is_empty() && !samples.is_empty();
+    let used: Vec<&Sample> = if disturbed {
+        samples.iter().collect()
+    } else {
+        quiet
+    };
+    let med =
+        |f: &dyn Fn(&Sample) -> Option<f64>| median(used.iter().filter_map(|s| f(s)).collect());
+    let mut problems = acc.errors;
+    let errors: u64 = samples.iter().map(|s| s.errors).sum();
+    let units: u64 = samples.iter().map(|s| s.units).sum();
+    // A handful of connection errors in millions is noise (a SYN lost to a full ring);
+    // more than 0.1% is a system that does not work under load.
+    if errors > 0 && (errors as f64) > 0.001 * units as f64 {
+        problems.push(format!(
+            "{errors} load errors in {} round(s)",
+            samples.len()
+        ));
+    }
+    if samples.is_empty() && problems.is_empty() {
+        problems.push("not measured".into());
+    }
+    problems.dedup();
+    let mut notes = acc.notes;
+    if errors > 0 && problems.is_empty() {
+        notes.insert(format!(
+            "{}/{}: {errors} load errors (under 0.1%)",
+            system.name(),
+            scenario.name()
+        ));
+    }
+    let min_max = |f: &dyn Fn(&Sample) -> Option<f64>| {
+        let values: Vec<f64> = used.iter().filter_map(|s| f(s)).collect();
+        (
+            values.iter().copied().reduce(f64::min),
+            values.iter().copied().reduce(f64::max),
+        )
+    };
+    let (throughput_min, throughput_max) = min_max(&|s| Some(s.throughput));
+    let (per_min, per_max) = min_max(&|s| s.per_node_cpu);
+    Cell {
+        system,
+        scenario,
+        ok: problems.is_empty(),
+        disturbed,
+        samples_used: used.len(),
+        error: (!problems.is_empty()).then(|| problems.join("; ")),
+        notes: notes.into_iter().collect(),
+        throughput: med(&|s| Some(s.throughput)),
+        throughput_min,
+        throughput_max,
+        node_cpu_pct: med(&|s| Some(s.node_cpu_pct)),
+        per_node_cpu: med(&|s| s.per_node_cpu),
+        per_node_cpu_min: per_min,
+        per_node_cpu_max: per_max,
+        node_cost: med(&|s| s.node_cost),
+        node_cost_unit: cost_unit(scenario),
+        latency_p50_us: med(&|s| s.latency_p50_us),
+        latency_p99_us: med(&|s| s.latency_p99_us),
+        cpu: CpuUse {
+            node_threads_pct: med(&|s| s.cpu.node_threads_pct),
+            node_cpu_busy_pct: med(&|s| s.cpu.node_cpu_busy_pct),
+            load_cpu_busy_pct: med(&|s| s.cpu.load_cpu_busy_pct),
+            other_pct: med(&|s| s.cpu.other_pct),
+            io_pressure_pct: med(&|s| s.cpu.io_pressure_pct),
+            steal_pct: med(&|s| s.cpu.steal_pct),
+        },
+        samples,
+    }
+}
+
+fn cell(cells: &[Cell], system: System, scenario: Scenario) -> Option<&Cell> {
+    cells
+        .iter()
+        .find(|c| c.system == system && c.scenario == scenario)
+}
+
+fn ratios(cells: &[Cell], scenarios: &[Scenario]) -> Vec<Ratio> {
+    const PAIRS: [(System, System); 3] = [
+        (System::Tether, System::Nftables),
+        (System::Tether, System::Direct),
+        (System::Nftables, System::Direct),
+    ];
+    let mut out = Vec::new();
+    for &scenario in scenarios {
+        for (numerator, denominator) in PAIRS {
+            let (Some(a), Some(b)) = (
+                cell(cells, numerator, scenario),
+                cell(cells, denominator, scenario),
+            ) else {
+                continue;
+            };
+            let clean = a.ok && b.ok;
+            let div = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                (Some(x), Some(y)) if clean && y > 0.0 => Some(x / y),
+                _ => None,
+            };
+            out.push(Ratio {
+                scenario,
+                numerator,
+                denominator,
+                throughput: div(a.throughput, b.throughput),
+                per_node_cpu: div(a.per_node_cpu, b.per_node_cpu),
+            });
+        }
+    }
+    out
+}
+
+fn target(cells: &[Cell], scenarios: &[Scenario], cost: Option<&cost::CostReport>) -> Target {
+    let rule = format!(
+        "tether >= {TARGET_RATIO}x nftables DNAT's throughput at the same node CPU \
+         (throughput per node CPU), per scenario"
+    );
+    let lines: Vec<TargetLine> = if cells.is_empty() {
+        Vec::new()
+    } else {
+        scenarios
+            .iter()
+            .map(|&scenario| {
+                let t = cell(cells, System::Tether, scenario);
+                let n = cell(cells, System::Nftables, scenario);
+                let mut line = TargetLine {
+                    scenario,
+                    pass: false,
+                    per_node_cpu_ratio: None,
+                    throughput_ratio: None,
+                    reason: String::new(),
+                };
+                match (t, n) {
+                    (None, _) | (_, None) => line.reason = "tether or nftables was not run".into(),
+                    (Some(t), _) if !t.ok => {
+                        line.reason = format!("tether: {}", t.error.as_deref().unwrap_or("failed"));
+                    }
+                    (_, Some(n)) if !n.ok => {
+                        line.reason =
+                            format!("nftables: {}", n.error.as_deref().unwrap_or("failed"));
+                    }
+                    (Some(t), Some(n)) => {
+                        if let (Some(tp), Some(np), Some(tt), Some(nt)) =
+                            (t.per_node_cpu, n.per_node_cpu, t.throughput, n.throughput)
+                        {
+                            let ratio = tp / np;
+                            line.per_node_cpu_ratio = Some(ratio);
+                            line.throughput_ratio = Some(tt / nt);
+                            line.pass = ratio >= TARGET_RATIO;
+                            line.reason = format!(
+                                "{ratio:.2}x per node CPU ({} vs {} {} per node CPU; node cost {} \
+                                 vs {} {}); raw throughput {:.2}x{}",
+                                fmt_throughput(scenario, tp),
+                                fmt_throughput(scenario, np),
+                                scenario.unit(),
+                                t.node_cost.map_or("-".into(), |v| format!("{v:.0}")),
+                                n.node_cost.map_or("-".into(), |v| format!("{v:.0}")),
+                                cost_unit(scenario),
+                                tt / nt,
+                                if t.disturbed || n.disturbed {
+                                    " [machine was busy: rerun on an idle machine]"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                    }
+                }
+                line
+            })
+            .collect()
+    };
+    Target {
+        rule,
+        pass: !lines.is_empty() && lines.iter().all(|l| l.pass),
+        scenarios: lines,
+        cost_rule: cost.map(|c| c.target.rule.clone()),
+        cost_pass: cost.map(|c| c.target.pass),
+        cost_reason: cost.map(|c| c.target.reason.clone()),
+    }
+}
+
+fn settings(ctx: &Ctx) -> Settings {
+    let o = ctx.options;
+    Settings {
+        duration_s: o.duration,
+        warmup_s: o.warmup,
+        rounds: o.rounds,
+        streams: o.streams,
+        concurrency: o.concurrency,
+        xdp_mode: o.xdp_mode.clone(),
+        checksums: o.checksums,
+        ingress: o.ingress,
+        node_cpus: cpu_list(&ctx.node_cpus),
+        load_cpus: cpu_list(&ctx.load_cpus),
+        topology: format!(
+            "namespaces client -> {}node -> 3 pods over veth pairs, MTU 1500; node veths: GRO + \
+             threaded NAPI, kthreads pinned to the node CPU(s) at nice -20; client/pod veths: \
+             TSO and GSO off (MTU frames reach the node), noqueue (a full ring drops), RPS to the \
+             load CPU(s); pod checksums: {}",
+            match o.ingress {
+                lab::Ingress::Wire => {
+                    "wire (XDP redirect between two veths, NAPI on the load CPU: the node's veth \
+                     receives raw frames as from a NIC ring; client checksums complete) -> "
+                }
+                lab::Ingress::Veth => "",
+            },
+            match o.checksums {
+                lab::Checksums::Offload => "offload (partial, nothing computed in software)",
+                lab::Checksums::Complete => "complete (tx offload off, verified in software)",
+            }
+        ),
+        systems: BTreeMap::from([
+            (
+                "direct".into(),
+                "client to pod 0's address, routed by the node, no translation".into(),
+            ),
+            (
+                "tether".into(),
+                format!(
+                    "target/release/tether run: XDP ({}) on the node's client-facing veth, TC \
+                     reverse NAT on its egress; services VIP:{} -> 3 pods (Maglev), VIP:{} -> \
+                     pod 0",
+                    o.xdp_mode,
+                    lab::RR_PORT,
+                    lab::BULK_PORT
+                ),
+            ),
+            (
+                "nftables".into(),
+                "kube-proxy nftables-mode shape: nat prerouting -> verdict map on daddr . \
+                 l4proto . dport -> service chain numgen random mod N -> endpoint chain dnat; \
+                 conntrack reverse NAT; nat postrouting masquerade-mark check; forward ct state \
+                 invalid drop"
+                    .into(),
+            ),
+        ]),
+        scenarios: BTreeMap::from([
+            (
+                "bulk".into(),
+                format!(
+                    "{} TCP streams writing 256 KiB buffers to VIP:{} (pod 0's sink); Gbit/s of \
+                     payload received",
+                    o.streams,
+                    lab::BULK_PORT
+                ),
+            ),
+            (
+                "conn-rate".into(),
+                format!(
+                    "{} connections in flight to VIP:{} (3 pods): connect, 64-byte request, \
+                     128-byte answer, pod closes, client closes; connections/s",
+                    o.concurrency,
+                    lab::RR_PORT
+                ),
+            ),
+        ]),
+        node_cost: "CPU time of the node veths' NAPI kthreads (everything the node does to a \
+                    packet: XDP, GRO, forwarding, netfilter, TC, the transmit into the next veth), \
+                    in % of one CPU; per node CPU = throughput / that share; node cost = that \
+                    time per packet the node received from the client (bulk) or per connection"
+            .into(),
+        tether_binary: Some(ctx.binary.display().to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing
+
+fn print_header(ctx: &Ctx, machine: &Machine, tools: &BTreeMap<String, String>) {
+    let unknown = || "?".to_string();
+    let o = ctx.options;
+    println!("== cargo xtask bench l4 ==");
+    println!(
+        "machine: {} CPU(s), {}, kernel {}, {}",
+        machine.nproc,
+        machine.cpu_model.clone().unwrap_or_else(unknown),
+        machine.kernel.clone().unwrap_or_else(unknown),
+        machine.os.clone().unwrap_or_else(unknown)
+    );
+    println!(
+        "tools: {} | {}",
+        tools.get("nft").cloned().unwrap_or_else(unknown),
+        tools.get("iproute2").cloned().unwrap_or_else(unknown)
+    );
+    println!(
+        "commit: {}{}",
+        machine.git_commit.clone().unwrap_or_else(unknown),
+        if machine.git_dirty == Some(true) {
+            " (dirty)"
+        } else {
+            ""
+        }
+    );
+    println!("kernel object: {}", ctx.object.display());
+    println!(
+        "pinning: node packet processing (NAPI kthreads) -> CPU {}; client, pods and their \
+         receive processing -> CPU {}",
+        cpu_list(&ctx.node_cpus),
+        cpu_list(&ctx.load_cpus)
+    );
+    if !o.cost_only {
+        println!(
+            "load: bulk {} streams, conn-rate {} in flight; {} s measured after {} s warmup per \
+             cell, {} round(s); tether XDP mode {}",
+            o.streams, o.concurrency, o.duration, o.warmup, o.rounds, o.xdp_mode
+        );
+    }
+    println!();
+}
+
+fn print_cost(report: &cost::CostReport) {
+    println!(
+        "  {:<36} {:>10} {:>17} {:>9}",
+        "fixture", "ns/packet", "(min-max)", "vs empty"
+    );
+    for f in &report.fixtures {
+        println!(
+            "  {:<36} {:>10} {:>17} {:>9}",
+            f.label,
+            f.ns_per_packet.map_or("-".into(), |v| format!("{v:.1}")),
+            match (f.ns_min, f.ns_max) {
+                (Some(lo), Some(hi)) => format!("({lo:.1}-{hi:.1})"),
+                _ => String::new(),
+            },
+            f.ratio_to_empty
+                .map_or("1.00x".into(), |r| format!("{r:.2}x"))
+        );
+    }
+    println!(
+        "  (medians of {} rounds of {} runs; SYN: {} runs per round, each a new flow; other \
+         processes meanwhile: cpu {}, io {})",
+        report.rounds,
+        report.repeat,
+        report.syn_repeat,
+        pct(report.other_cpu_pct),
+        pct(report.io_pressure_pct)
+    );
+    println!(
+        "  target: {}: {}  {}",
+        report.target.rule,
+        if report.target.pass { "PASS" } else { "MISS" },
+        report.target.reason
+    );
+}
+
+fn print_results(report: &Report) {
+    if !report.cells.is_empty() {
+        println!();
+        println!(
+            "{:<10} {:<9} {:>10} {:>19} {:>9} {:>13} {:>12} {:>10} {:>9} {:>9} {:>9}  status",
+            "scenario",
+            "system",
+            "throughput",
+            "(min-max)",
+            "node cpu",
+            "per node CPU",
+            "node cost",
+            "p99",
+            "vs direct",
+            "load cpu",
+            "other cpu"
+        );
+        for c in &report.cells {
+            let s = c.scenario;
+            let vs_direct = report
+                .ratios
+                .iter()
+                .find(|r| {
+                    r.scenario == s && r.numerator == c.system && r.denominator == System::Direct
+                })
+                .and_then(|r| r.throughput)
+                .map(|r| format!("{r:.2}x"))
+                .unwrap_or_else(|| {
+                    if c.system == System::Direct {
+                        "1.00x".into()
+                    } else {
+                        "-".into()
+                    }
+                });
+            let status = if c.ok && c.disturbed {
+                "ok, but DISTURBED (machine busy)".to_string()
+            } else if c.ok {
+                "ok".to_string()
+            } else {
+                format!(
+                    "ERROR: {}",
+                    first_line(c.error.as_deref().unwrap_or("failed"))
+                )
+            };
+            println!(
+                "{:<10} {:<9} {:>10} {:>19} {:>9} {:>13} {:>12} {:>10} {:>9} {:>9} {:>9}  {status}",
+                s.name(),
+                c.system.name(),
+                c.throughput
+                    .map(|v| format!("{} {}", fmt_throughput(s, v), short_unit(s)))
+                    .unwrap_or_else(|| "-".into()),
+                match (c.throughput_min, c.throughput_max) {
+                    (Some(lo), Some(hi)) if c.samples_used > 1 => {
+                        format!("({}-{})", fmt_throughput(s, lo), fmt_throughput(s, hi))
+                    }
+                    _ => String::new(),
+                },
+                pct(c.node_cpu_pct),
+                c.per_node_cpu.map_or("-".into(), |v| fmt_throughput(s, v)),
+                c.node_cost
+                    .map_or("-".into(), |v| format!("{v:.0} {}", cost_unit(s))),
+                c.latency_p99_us
+                    .map_or("-".into(), |v| format!("{:.2}ms", v / 1e3)),
+                vs_direct,
+                pct(c.cpu.load_cpu_busy_pct),
+                pct(c.cpu.other_pct),
+            );
+        }
+        println!(
+            "(medians over the rounds used: the undisturbed ones when there are any; min-max: \
+             their spread)"
+        );
+        println!(
+            "(node cpu: the node's NAPI kthreads, % of one CPU; per node CPU: throughput / node \
+             cpu; node cost: node CPU time per packet received from the client (bulk) or per connection; load \
+             cpu: busy share of the client+pods CPU(s); other cpu: processes outside the bench, \
+             % of one CPU, should be ~0)"
+        );
+        println!();
+        for r in report
+            .ratios
+            .iter()
+            .filter(|r| r.denominator != System::Direct)
+        {
+            println!(
+                "{:<10} {}/{}: throughput {}, per node CPU {}",
+                r.scenario.name(),
+                r.numerator.name(),
+                r.denominator.name(),
+                r.throughput.map_or("n/a".into(), |v| format!("{v:.2}x")),
+                r.per_node_cpu.map_or("n/a".into(), |v| format!("{v:.2}x")),
+            );
+        }
+    }
+    let notes: BTreeSet<&String> = report
+        .cells
+        .iter()
+        .flat_map(|c| &c.notes)
+        .chain(&report.notes)
+        .collect();
+    for note in notes {
+        println!("note: {note}");
+    }
+    println!();
+    if let (Some(rule), Some(pass), Some(reason)) = (
+        &report.target.cost_rule,
+        report.target.cost_pass,
+        &report.target.cost_reason,
+    ) {
+        println!("target: {rule}");
+        println!(
+            "  {:<10} {}  {reason}",
+            "ns/packet",
+            if pass { "PASS" } else { "MISS" }
+        );
+    }
+    if !report.target.scenarios.is_empty() {
+        println!("target: {}", report.target.rule);
+        for line in &report.target.scenarios {
+            println!(
+                "  {:<10} {}  {}",
+                line.scenario.name(),
+                if line.pass { "PASS" } else { "MISS" },
+                line.reason
+            );
+        }
+        println!(
+            "  {:<10} {}",
+            "overall",
+            if report.target.pass { "PASS" } else { "MISS" }
+        );
+    }
+}
+
+pub fn fmt_throughput(scenario: Scenario, value: f64) -> String {
+    match scenario {
+        Scenario::Bulk => format!("{value:.2}"),
+        Scenario::ConnRate => super::l7::thousands(value),
+    }
+}
+
+fn short_unit(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::Bulk => "Gb/s",
+        Scenario::ConnRate => "c/s",
+    }
+}
+
+pub fn cost_unit(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::Bulk => "ns/pkt",
+        Scenario::ConnRate => "us/conn",
+    }
+}
+
+fn pct(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.0}%"))
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() > 100 {
+        format!("{}...", line.chars().take(100).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+fn shown(path: &Path, root: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
