@@ -314,6 +314,12 @@ pub struct TargetLine {
     pub per_node_cpu_ratio: Option<f64>,
     pub throughput_ratio: Option<f64>,
     pub reason: String,
+    /// Node cost above direct's (the NAT's own cost, in the node cost's unit): tether, nftables.
+    pub tether_over_direct: Option<f64>,
+    pub nftables_over_direct: Option<f64>,
+    /// Set when direct (no NAT at all) is not 1.5x nftables per node CPU: then no NAT that keeps
+    /// the kernel's forwarding path (XDP_PASS) can reach the target here.
+    pub ceiling: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1199,7 +1205,11 @@ fn target(cells: &[Cell], scenarios: &[Scenario], cost: Option<&cost::CostReport
                     per_node_cpu_ratio: None,
                     throughput_ratio: None,
                     reason: String::new(),
+                    tether_over_direct: None,
+                    nftables_over_direct: None,
+                    ceiling: None,
                 };
+                let direct = cell(cells, System::Direct, scenario).filter(|c| c.ok);
                 match (t, n) {
                     (None, _) | (_, None) => line.reason = "tether or nftables was not run".into(),
                     (Some(t), _) if !t.ok => {
@@ -1233,6 +1243,23 @@ fn target(cells: &[Cell], scenarios: &[Scenario], cost: Option<&cost::CostReport
                                     ""
                                 }
                             );
+                            let direct_cost = direct.and_then(|d| d.node_cost);
+                            if let (Some(d), Some(tc), Some(nc)) =
+                                (direct_cost, t.node_cost, n.node_cost)
+                            {
+                                line.tether_over_direct = Some(tc - d);
+                                line.nftables_over_direct = Some(nc - d);
+                            }
+                            if let Some(dp) = direct.and_then(|d| d.per_node_cpu) {
+                                if dp / np < TARGET_RATIO {
+                                    line.ceiling = Some(format!(
+                                        "direct, with no NAT at all, is {:.2}x nftables per node \
+                                         CPU: a NAT that keeps the kernel's forwarding path \
+                                         (XDP_PASS) cannot reach {TARGET_RATIO}x here",
+                                        dp / np
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
@@ -1265,7 +1292,7 @@ fn settings(ctx: &Ctx) -> Settings {
         load_cpus: cpu_list(&ctx.load_cpus),
         topology: format!(
             "namespaces client -> {}node -> 3 pods over veth pairs, MTU 1500; node veths: GRO + \
-             threaded NAPI, kthreads pinned to the node CPU(s) at nice -20; client/pod veths: \
+             threaded NAPI, kthreads pinned to the node CPU(s) at SCHED_FIFO 1; client/pod veths: \
              TSO and GSO off (MTU frames reach the node), noqueue (a full ring drops), RPS to the \
              load CPU(s); pod checksums: {}",
             match o.ingress {
@@ -1539,6 +1566,17 @@ fn print_results(report: &Report) {
                 if line.pass { "PASS" } else { "MISS" },
                 line.reason
             );
+            if let (Some(t), Some(n)) = (line.tether_over_direct, line.nftables_over_direct) {
+                println!(
+                    "  {:<10}       node cost above direct's (the NAT's own): tether {t:+.0}, \
+                     nftables {n:+.0} {}",
+                    "",
+                    cost_unit(line.scenario)
+                );
+            }
+            if let Some(ceiling) = &line.ceiling {
+                println!("  {:<10}       ({ceiling})", "");
+            }
         }
         println!(
             "  {:<10} {}",
