@@ -131,30 +131,42 @@ fn draw_header<DB: DrawingBackend>(
             }
         ),
     ];
+    // One legend for both panels, on the title line's right.
+    let mut systems: Vec<System> = report.cells.iter().map(|c| c.system).collect();
+    systems.sort();
+    systems.dedup();
+    let legend: Vec<(String, RGBColor)> = systems
+        .iter()
+        .map(|&system| (label(report, system), color(system)))
+        .collect();
+    draw_heading(area, WIDTH, title, &legend, &lines)
+}
+
+/// A chart's heading, the same for every bench: the title, a legend of systems on the title
+/// line's right (in the order given, left to right), and grey information lines under it.
+pub fn draw_heading<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    width: u32,
+    title: String,
+    legend: &[(String, RGBColor)],
+    lines: &[String],
+) -> Result<()> {
     area.draw(&Text::new(
         title,
         (20, 12),
         (FAMILY, 26).into_font().color(&BLACK),
     ))
     .map_err(plot_error)?;
-    // One legend for both panels, on the title line's right.
-    let mut systems: Vec<System> = report.cells.iter().map(|c| c.system).collect();
-    systems.sort();
-    systems.dedup();
-    let mut x = i32::try_from(WIDTH).unwrap_or(1400) - 20;
-    for system in systems.iter().rev() {
-        let text = label(report, system.to_owned());
+    let mut x = i32::try_from(width).unwrap_or(1400) - 20;
+    for (text, color) in legend.iter().rev() {
         let style = (FAMILY, 16).into_font().color(&BLACK);
-        let (w, _) = area.estimate_text_size(&text, &style).map_err(plot_error)?;
+        let (w, _) = area.estimate_text_size(text, &style).map_err(plot_error)?;
         x -= i32::try_from(w).unwrap_or(100);
-        area.draw(&Text::new(text, (x, 16), style))
+        area.draw(&Text::new(text.as_str(), (x, 16), style))
             .map_err(plot_error)?;
         x -= 22;
-        area.draw(&Rectangle::new(
-            [(x, 13), (x + 15, 28)],
-            color(*system).filled(),
-        ))
-        .map_err(plot_error)?;
+        area.draw(&Rectangle::new([(x, 13), (x + 15, 28)], color.filled()))
+            .map_err(plot_error)?;
         x -= 22;
     }
     for (i, line) in lines.iter().enumerate() {

@@ -2,7 +2,7 @@
 //! of direct, tether and nftables per scenario, and throughput per node CPU relative to
 //! nftables. Same backend and embedded font as the L7 chart.
 use super::{cost_unit, fmt_throughput, Cell, Report, Scenario, System, TARGET_RATIO};
-use crate::bench::chart::{plot_error, FAMILY, FONT};
+use crate::bench::chart::{draw_heading, plot_error, FAMILY, FONT};
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -310,42 +310,18 @@ fn draw_header<DB: DrawingBackend>(report: &Report, area: &DrawingArea<DB, Shift
             }
         ),
     ];
-    area.draw(&Text::new(
-        title,
-        (20, 12),
-        (FAMILY, 26).into_font().color(&BLACK),
-    ))
-    .map_err(plot_error)?;
-    let mut x = i32::try_from(WIDTH).unwrap_or(1400) - 20;
-    for system in systems(report).iter().rev() {
-        let text = match system {
-            System::Direct => "direct (no NAT)",
-            System::Tether => "tether (XDP)",
-            System::Nftables => "nftables DNAT",
-        };
-        let style = (FAMILY, 16).into_font().color(&BLACK);
-        let (w, _) = area.estimate_text_size(text, &style).map_err(plot_error)?;
-        x -= i32::try_from(w).unwrap_or(100);
-        area.draw(&Text::new(text, (x, 16), style))
-            .map_err(plot_error)?;
-        x -= 22;
-        area.draw(&Rectangle::new(
-            [(x, 13), (x + 15, 28)],
-            color(*system).filled(),
-        ))
-        .map_err(plot_error)?;
-        x -= 22;
-    }
-    for (i, line) in lines.iter().enumerate() {
-        let y = 46 + 20 * i32::try_from(i).unwrap_or(0);
-        area.draw(&Text::new(
-            line.clone(),
-            (20, y),
-            (FAMILY, 15).into_font().color(&RGBColor(70, 70, 70)),
-        ))
-        .map_err(plot_error)?;
-    }
-    Ok(())
+    let legend: Vec<(String, RGBColor)> = systems(report)
+        .iter()
+        .map(|&system| {
+            let text = match system {
+                System::Direct => "direct (no NAT)",
+                System::Tether => "tether (XDP)",
+                System::Nftables => "nftables DNAT",
+            };
+            (text.to_string(), color(system))
+        })
+        .collect();
+    draw_heading(area, WIDTH, title, &legend, &lines)
 }
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> Result<()> {
