@@ -59,6 +59,10 @@ pub struct DataplaneSettings {
     /// Interfaces whose ingress gets the XDP program (and whose egress the reply-path TC program).
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    /// Names or patterns (`*`, `?`) of the node's interfaces that lead to pods: steered packets
+    /// are transmitted straight into them and their replies straight out of the uplinks. Empty:
+    /// the stack forwards both ways.
+    pub pod_interfaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -134,10 +134,13 @@ struct Lab {
     config: PathBuf,
     log: PathBuf,
     dir: PathBuf,
+    /// Whether the configuration lists the node's pod veths as `podInterfaces`.
+    pod_interfaces: bool,
     pods: Vec<Pod>,
     client: Netns,
     node: Netns,
-    _pod_namespaces: Vec<Netns>,
+    pod_namespaces: Vec<Netns>,
+    id: String,
 }
 
 impl Lab {
@@ -151,45 +154,73 @@ impl Lab {
         client.disable_tx_checksum("c0")?;
         node.ip(&["addr", "add", "10.77.0.1/24", "dev", "n0"])?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
-        let mut pod_namespaces = Vec::new();
-        let mut pods = Vec::new();
-        for pod in 0..PODS {
-            let netns = Netns::new(format!("{id}-p{pod}"))?;
-            let node_side = format!("p{pod}");
-            veth(&netns, "eth0", &node, &node_side)?;
-            netns.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", pod_addr(pod)),
-                "dev",
-                "eth0",
-            ])?;
-            let gateway = Ipv4Addr::new(10, 77, pod as u8 + 1, 1);
-            netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
-            netns.disable_tx_checksum("eth0")?;
-            node.ip(&["addr", "add", &format!("{gateway}/24"), "dev", &node_side])?;
-            pods.push(Pod::start(&netns, pod)?);
-            pod_namespaces.push(netns);
-        }
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
-        Ok(Self {
+        let mut lab = Self {
             agent: None,
             pins: PathBuf::from("/sys/fs/bpf").join(&id),
             config: dir.join("tether.yaml"),
             log: dir.join("tether.log"),
             dir,
-            pods,
+            pod_interfaces: false,
+            pods: Vec::new(),
             client,
             node,
-            _pod_namespaces: pod_namespaces,
-        })
+            pod_namespaces: Vec::new(),
+            id,
+        };
+        for pod in 0..PODS {
+            lab.add_pod(pod)?;
+        }
+        Ok(lab)
+    }
+
+    /// A lab whose configuration lists the node's pod veths (`p*`) as `podInterfaces`: steered
+    /// packets go straight into them and replies straight out of `n0`. The pods' veths have
+    /// GRO on, hence NAPI, which a veth needs to take frames XDP transmits into its peer.
+    fn redirecting(tag: &str) -> Result<Self> {
+        let mut lab = Self::new(tag)?;
+        lab.pod_interfaces = true;
+        for netns in &lab.pod_namespaces {
+            netns.enable_gro("eth0")?;
+        }
+        Ok(lab)
+    }
+
+    /// Pod `pod`: its namespace, a veth `p<pod>` on the node, its server.
+    fn add_pod(&mut self, pod: usize) -> Result<()> {
+        let netns = Netns::new(format!("{}-p{pod}", self.id))?;
+        let node_side = format!("p{pod}");
+        veth(&netns, "eth0", &self.node, &node_side)?;
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", pod_addr(pod)),
+            "dev",
+            "eth0",
+        ])?;
+        let gateway = Ipv4Addr::new(10, 77, pod as u8 + 1, 1);
+        netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+        netns.disable_tx_checksum("eth0")?;
+        if self.pod_interfaces {
+            netns.enable_gro("eth0")?;
+        }
+        self.node
+            .ip(&["addr", "add", &format!("{gateway}/24"), "dev", &node_side])?;
+        self.pods.push(Pod::start(&netns, pod)?);
+        self.pod_namespaces.push(netns);
+        Ok(())
     }
 
     /// Writes the configuration: the pods in `targets` with their weights.
     fn configure(&self, targets: &[(usize, u32)]) -> Result<()> {
+        let pod_interfaces = if self.pod_interfaces {
+            "  podInterfaces: [\"p*\"]\n"
+        } else {
+            ""
+        };
         let mut yaml = format!(
-            "dataplane:\n  interfaces: [n0]\n  xdpMode: native\nservices:\n  web:\n    listen: {VIP}:{VIP_PORT}\n    protocol: tcp\n    targets:\n"
+            "dataplane:\n  interfaces: [n0]\n  xdpMode: native\n{pod_interfaces}services:\n  web:\n    listen: {VIP}:{VIP_PORT}\n    protocol: tcp\n    targets:\n"
         );
         for (pod, weight) in targets {
             yaml.push_str(&format!(
@@ -315,6 +346,68 @@ impl Lab {
             ensure!(
                 Instant::now() < deadline,
                 "the maps show {states:?}, expected {expected:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A global counter of the kernel programs, from `tether maps stats --json`.
+    fn counter(&self, name: &str) -> Result<u64> {
+        let stats = self.maps("stats")?;
+        stats["counters"][name]
+            .as_u64()
+            .with_context(|| format!("no counter {name} in {stats}"))
+    }
+
+    /// Datagrams the node's stack forwarded (`Ip: ForwDatagrams` of its /proc/net/snmp).
+    fn node_forwarded(&self) -> Result<u64> {
+        let snmp = self
+            .node
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+        let mut ip = snmp.lines().filter(|line| line.starts_with("Ip:"));
+        let (names, values) = (
+            ip.next().context("Ip: names")?,
+            ip.next().context("Ip: values")?,
+        );
+        let index = names
+            .split_whitespace()
+            .position(|name| name == "ForwDatagrams")
+            .context("ForwDatagrams")?;
+        Ok(values
+            .split_whitespace()
+            .nth(index)
+            .context("ForwDatagrams value")?
+            .parse()?)
+    }
+
+    /// The pinned links of the pod-interface reply program: interface names.
+    fn pod_links(&self) -> Vec<String> {
+        let mut links: Vec<String> = std::fs::read_dir(self.pins.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let rest = name.strip_prefix("from-pod-")?;
+                Some(rest.split_once('-')?.1.to_owned())
+            })
+            .collect();
+        links.sort();
+        links
+    }
+
+    /// Waits until the pod-interface links are exactly `expected`.
+    fn wait_for_pod_links(&self, expected: &[&str]) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let links = self.pod_links();
+            if links == expected {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "pod-interface links {links:?}, expected {expected:?}:\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -630,5 +723,101 @@ fn maps_and_cleanup_explain_what_is_missing() -> Result<()> {
     let output = run(&["cleanup"], false)?;
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("nothing pinned"));
+    Ok(())
+}
+
+/// With `podInterfaces` listed, both directions skip the node's forwarding path: steered
+/// packets go straight into the pod veths (XDP_REDIRECT) and replies, reverse-NATed on the pod
+/// veth's ingress, straight out of `n0` (TC `bpf_redirect`); the node's stack forwards nothing.
+/// Drain works the same on that path; a pod veth that appears later is picked up by the
+/// rescan; taking the list out of the configuration puts the stack back in the path.
+#[test]
+fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
+    if !ready("pod_interfaces_skip_the_nodes_forwarding_both_ways") {
+        return Ok(());
+    }
+    let mut lab = Lab::redirecting("redirect")?;
+    lab.configure(&all_active())?;
+    lab.start_agent()?;
+    lab.wait_for_pod_links(&["p0", "p1", "p2"])?;
+
+    // The first packets to each pod wait for the node to resolve its neighbour: the stack
+    // forwards those. From then on, nothing.
+    let warmup = spread(&lab, SPREAD)?;
+    assert_eq!(warmup.len(), PODS, "every pod gets connections: {warmup:?}");
+    let (forwarded, redirected, replies) = (
+        lab.node_forwarded()?,
+        lab.counter("redirected")?,
+        lab.counter("reply_redirected")?,
+    );
+    let spread_out = spread(&lab, SPREAD)?;
+    assert_eq!(spread_out.len(), PODS, "{spread_out:?}");
+    assert_eq!(
+        lab.node_forwarded()?,
+        forwarded,
+        "the node's stack forwarded packets of redirected flows"
+    );
+    // Per connection the client sends at least SYN, ACK, the line, FIN; the pod at least
+    // SYN-ACK and its answer.
+    let sent = lab.counter("redirected")? - redirected;
+    let answered = lab.counter("reply_redirected")? - replies;
+    assert!(sent >= 4 * SPREAD as u64, "{sent} packets redirected");
+    assert!(
+        answered >= 2 * SPREAD as u64,
+        "{answered} replies redirected"
+    );
+
+    // Drain on the redirect path: the long connection keeps its pod, new ones avoid it.
+    let mut long = lab.connect()?;
+    let pinned = long.ask("first")?;
+    let pinned_pod = pod_index(&pinned)?;
+    let mut targets = all_active();
+    targets[pinned_pod].1 = 0;
+    let states: Vec<(usize, &str)> = (0..PODS)
+        .map(|pod| {
+            (
+                pod,
+                if pod == pinned_pod {
+                    "draining"
+                } else {
+                    "active"
+                },
+            )
+        })
+        .collect();
+    lab.reconfigure(&targets, &states)?;
+    let redirected = lab.counter("redirected")?;
+    for i in 0..5 {
+        assert_eq!(long.ask(&format!("while draining {i}"))?, pinned);
+    }
+    assert!(lab.counter("redirected")? >= redirected + 5);
+    let during = spread(&lab, SPREAD)?;
+    assert!(!during.contains_key(&pinned), "{during:?}");
+
+    // A pod whose veth appears while the agent runs: the rescan attaches the reply program,
+    // and its flows take the redirect path too.
+    lab.add_pod(PODS)?;
+    lab.wait_for_pod_links(&["p0", "p1", "p2", "p3"])?;
+    let mut targets = all_active();
+    targets.push((PODS, 100));
+    let states: Vec<(usize, &str)> = (0..=PODS).map(|pod| (pod, "active")).collect();
+    lab.reconfigure(&targets, &states)?;
+    let warmup = spread(&lab, SPREAD)?;
+    assert!(warmup.contains_key(&pod_name(PODS)), "{warmup:?}");
+    let forwarded = lab.node_forwarded()?;
+    let with_new = spread(&lab, SPREAD)?;
+    assert!(with_new.contains_key(&pod_name(PODS)), "{with_new:?}");
+    assert_eq!(lab.node_forwarded()?, forwarded);
+
+    // Without podInterfaces the stack forwards again, and the reply programs are detached.
+    lab.pod_interfaces = false;
+    lab.configure(&targets)?;
+    lab.wait_for_pod_links(&[])?;
+    let (forwarded, redirected) = (lab.node_forwarded()?, lab.counter("redirected")?);
+    let stack = spread(&lab, SPREAD)?;
+    assert_eq!(stack.len(), PODS + 1, "{stack:?}");
+    assert!(lab.node_forwarded()? >= forwarded + 4 * SPREAD as u64);
+    assert_eq!(lab.counter("redirected")?, redirected);
+    lab.stop_agent()?;
     Ok(())
 }

@@ -25,6 +25,9 @@
 pub const XDP_PROGRAM: &str = "tether_xdp";
 /// The TC program on the same interfaces' egress: reverse NAT of replies (pod → VIP).
 pub const TC_PROGRAM: &str = "tether_reply";
+/// The TC program on the ingress of pod interfaces: reverse NAT of replies, then straight out of
+/// the uplink the FIB names (`bpf_redirect`), skipping the node's forwarding path.
+pub const TC_POD_PROGRAM: &str = "tether_from_pod";
 /// An XDP program that only returns `XDP_PASS`: the baseline the per-packet cost is measured against.
 pub const EMPTY_XDP_PROGRAM: &str = "tether_xdp_nop";
 
@@ -62,6 +65,15 @@ pub const PORTS_MAP: &str = "TETHER_PORTS";
 /// `Array<u64>` of [`META_COUNT`] entries: the schema version of the pinned maps, and the agent's
 /// target id cursor, so ids stay stable (and are not reused early) across restarts.
 pub const META_MAP: &str = "TETHER_META";
+
+/// `Array<NextHop>` indexed by target id: where the XDP program transmits a target's packets.
+/// Written by the kernel program (it resolves with `bpf_fib_lookup` and caches the answer);
+/// the agent only clears an entry when it writes that target, so a changed target is
+/// resolved afresh.
+pub const NEXTHOPS_MAP: &str = "TETHER_NEXTHOPS";
+/// `HashMap<u32, u32>`: ifindex → [`InterfaceRole`] bits, written by the agent. The kernel
+/// programs transmit directly only into interfaces listed here with the right role.
+pub const INTERFACES_MAP: &str = "TETHER_IFACES";
 
 /// Words of [`PORTS_MAP`]: one bit per port, for TCP then UDP.
 pub const PORT_WORDS: u32 = 2 * 65_536 / 64;
@@ -104,7 +116,7 @@ const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32) -> MapS
 
 /// Every map, in the order the agent pins and checks them. The kernel program declares the
 /// same maps (`ebpf/src/maps.rs`); the kernel tests check the two agree.
-pub const MAP_SPECS: [MapSpec; 12] = [
+pub const MAP_SPECS: [MapSpec; 14] = [
     spec::<u32, u64>(META_MAP, MapKind::Array, META_COUNT),
     spec::<u32, u64>(PORTS_MAP, MapKind::Array, PORT_WORDS),
     spec::<ServiceKey, ServiceEntry>(SERVICES_MAP, MapKind::Hash, MAX_SERVICES),
@@ -117,6 +129,8 @@ pub const MAP_SPECS: [MapSpec; 12] = [
     spec::<u32, u64>(COUNTERS_MAP, MapKind::PerCpuArray, COUNTER_COUNT),
     spec::<u32, TrafficCounters>(SERVICE_COUNTERS_MAP, MapKind::PerCpuArray, MAX_SERVICES),
     spec::<u32, TrafficCounters>(TARGET_COUNTERS_MAP, MapKind::PerCpuArray, MAX_TARGETS),
+    spec::<u32, NextHop>(NEXTHOPS_MAP, MapKind::Array, MAX_TARGETS),
+    spec::<u32, u32>(INTERFACES_MAP, MapKind::Hash, MAX_INTERFACES),
 ];
 
 /// Capacity of [`SERVICES_MAP`], and the bound on service ids.
@@ -133,6 +147,11 @@ pub const MAGLEV_SIZE: u32 = 4093;
 pub const MAX_TCP_FLOWS: u32 = 131_072;
 /// Capacity of [`UDP_FLOWS4_MAP`] and [`UDP_REPLIES4_MAP`].
 pub const MAX_UDP_FLOWS: u32 = 65_536;
+/// Capacity of [`INTERFACES_MAP`]: uplinks plus pod interfaces on one node.
+pub const MAX_INTERFACES: u32 = 4096;
+/// How long a resolved [`NextHop`] is trusted, in kernel ticks (`jiffies`: 0.25 s to 2.5 s
+/// depending on `CONFIG_HZ`). A new flow to the target resolves afresh regardless.
+pub const NEXTHOP_TTL_TICKS: u64 = 250;
 /// Maglev slots a new flow tries, starting at its hash, before it gives up: a slot can name a
 /// target that turned draining a moment before the agent rewrote the slot.
 pub const MAGLEV_PROBES: u32 = 8;
@@ -141,7 +160,7 @@ pub const NO_TARGET: u32 = u32::MAX;
 
 /// The layout and meaning of the maps. An agent refuses pinned maps of another version rather
 /// than misreading them (`tether cleanup` removes them).
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Indexes into [`META_MAP`].
 pub struct Meta;
@@ -186,6 +205,59 @@ impl TargetState {
     pub const ACTIVE: u8 = 1;
     /// Terminating pod: keeps the flows it already has, takes no new ones.
     pub const DRAINING: u8 = 2;
+}
+
+/// Bits of [`INTERFACES_MAP`] values.
+pub struct InterfaceRole;
+
+impl InterfaceRole {
+    /// A `dataplane.interfaces` entry: XDP steers its ingress, and replies may be transmitted
+    /// straight out of it.
+    pub const UPLINK: u32 = 1;
+    /// A `dataplane.podInterfaces` match: XDP may transmit steered packets straight into it,
+    /// and the TC program on its ingress reverse-NATs replies.
+    pub const POD: u32 = 2;
+}
+
+/// Values of [`NextHop::verdict`].
+pub struct NextHopVerdict;
+
+impl NextHopVerdict {
+    /// Not resolved yet (or cleared by the agent): the next packet asks the FIB.
+    pub const UNRESOLVED: u8 = 0;
+    /// Transmit straight into [`NextHop::ifindex`] with [`NextHop::macs`] (`XDP_REDIRECT`).
+    pub const REDIRECT: u8 = 1;
+    /// Leave the packet to the stack (`XDP_PASS`): the route does not lead to a pod interface.
+    pub const STACK: u8 = 2;
+}
+
+/// Value of [`NEXTHOPS_MAP`]: the kernel program's cached route to one target. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// The Ethernet addresses in header order: destination (the target's neighbour entry),
+    /// then source (the egress interface's).
+    pub macs: [u8; 12],
+    /// The egress interface.
+    pub ifindex: u32,
+    /// `jiffies` after which the entry is resolved again.
+    pub expires: u64,
+    /// The egress MTU: larger packets are left to the stack (which fragments or answers ICMP).
+    pub mtu: u16,
+    /// [`NextHopVerdict`] value.
+    pub verdict: u8,
+    pub _pad: [u8; 5],
+}
+
+impl NextHop {
+    pub const UNRESOLVED: Self = Self {
+        macs: [0; 12],
+        ifindex: 0,
+        expires: 0,
+        mtu: 0,
+        verdict: NextHopVerdict::UNRESOLVED,
+        _pad: [0; 5],
+    };
 }
 
 /// Values of [`ServiceEntry::hashing`]: what a new flow's Maglev pick hashes.
@@ -239,10 +311,16 @@ impl Counter {
     pub const REPLY_ERRORS: u32 = 13;
     /// New flows whose entry could not be stored in the flow tables; steered anyway.
     pub const FLOW_INSERT_ERRORS: u32 = 14;
+    /// Steered packets transmitted straight into a pod interface (`XDP_REDIRECT`).
+    pub const REDIRECTED: u32 = 15;
+    /// Route lookups (`bpf_fib_lookup`) for a target: a new flow, or a cached route expired.
+    pub const ROUTE_LOOKUPS: u32 = 16;
+    /// Replies transmitted straight out of an uplink by the pod-interface TC program.
+    pub const REPLY_REDIRECTED: u32 = 17;
 }
 
 /// Number of entries in [`COUNTERS_MAP`].
-pub const COUNTER_COUNT: u32 = 15;
+pub const COUNTER_COUNT: u32 = 18;
 
 /// Names of the [`Counter`]s, by index, as `tether maps stats` prints them.
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
@@ -261,6 +339,9 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "reply_nat",
     "reply_errors",
     "flow_insert_errors",
+    "redirected",
+    "route_lookups",
+    "reply_redirected",
 ];
 
 /// Builds the 16-byte form of an IPv4 address: IPv4-mapped, `::ffff:a.b.c.d`.
@@ -577,6 +658,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowEntry>() == 8);
     assert!(core::mem::size_of::<ReplyEntryV4>() == 16);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
+    assert!(core::mem::size_of::<NextHop>() == 32);
     assert!((MAX_SERVICES as u64) * (MAGLEV_SIZE as u64) < u32::MAX as u64);
     assert!(MAX_TARGETS < NO_TARGET);
     assert!(COUNTER_NAMES.len() == COUNTER_COUNT as usize);
@@ -585,7 +667,8 @@ const _: () = {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        FlowEntry, FlowKeyV4, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry, TrafficCounters,
+        FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry,
+        TrafficCounters,
     };
 
     // SAFETY (all): plain `#[repr(C)]` data with no implicit padding (checked by the layout
@@ -597,6 +680,7 @@ mod user {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for ReplyEntryV4 {}
     unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for NextHop {}
 }
 
 #[cfg(test)]
@@ -661,6 +745,7 @@ mod tests {
         for name in MAP_SPECS.iter().map(|spec| &spec.name).chain(&[
             XDP_PROGRAM,
             TC_PROGRAM,
+            TC_POD_PROGRAM,
             EMPTY_XDP_PROGRAM,
         ]) {
             assert!(name.len() <= 15, "{name} is too long for a BPF object name");
@@ -775,6 +860,6 @@ mod tests {
             COUNTER_NAMES[Counter::FLOW_INSERT_ERRORS as usize],
             "flow_insert_errors"
         );
-        assert_eq!(Counter::FLOW_INSERT_ERRORS + 1, COUNTER_COUNT);
+        assert_eq!(Counter::REPLY_REDIRECTED + 1, COUNTER_COUNT);
     }
 }

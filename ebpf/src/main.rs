@@ -3,9 +3,13 @@
 //! - [`tether_xdp`] (XDP, on the node's ingress interfaces): packets to a kernel service
 //!   (VIP:port, TCP or UDP) are steered to a target (pod) and DNATed. A known flow keeps its
 //!   target while that target exists, draining or not; a new flow (TCP SYN, or a UDP packet of
-//!   no known flow) gets a Maglev pick over the service's active targets.
+//!   no known flow) gets a Maglev pick over the service's active targets. Steered packets go
+//!   straight into the target's pod interface when the agent listed it (`XDP_REDIRECT`), up
+//!   the stack otherwise.
 //! - [`tether_reply`] (TC, on the same interfaces' egress): replies of steered flows get their
 //!   source rewritten back to the VIP.
+//! - [`tether_from_pod`] (TC, on the ingress of pod interfaces): the same reverse NAT, then the
+//!   reply is transmitted straight out of the uplink the FIB names (`bpf_redirect`).
 //! - [`tether_xdp_nop`]: returns `XDP_PASS`; the baseline for per-packet cost measurements.
 //!
 //! Map names and layouts come from `tether-common`; the agent writes the service, target and
@@ -17,6 +21,7 @@ mod csum;
 mod maps;
 mod parse;
 mod reply;
+mod route;
 mod steer;
 
 use aya_ebpf::{
@@ -32,7 +37,12 @@ pub fn tether_xdp(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn tether_reply(ctx: TcContext) -> i32 {
-    reply::reply(&ctx)
+    reply::reply::<false>(&ctx)
+}
+
+#[classifier]
+pub fn tether_from_pod(ctx: TcContext) -> i32 {
+    reply::reply::<true>(&ctx)
 }
 
 #[xdp]

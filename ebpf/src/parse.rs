@@ -50,6 +50,8 @@ pub struct Ports {
 
 /// A parsed IPv4 TCP or UDP packet. The pointers are inside the packet, checked.
 pub struct Packet {
+    /// Start of the frame: the Ethernet header.
+    pub eth: usize,
     pub ip: *mut Ipv4Hdr,
     /// Start of the transport header; at least [`TCP_HDR_LEN`] (TCP) or [`UDP_HDR_LEN`] (UDP)
     /// bytes of it are inside the packet.
@@ -183,6 +185,7 @@ pub fn parse(start: usize, end: usize, len: usize) -> Result<Packet, Skip> {
         return Err(Skip(Counter::TRUNCATED));
     }
     Ok(Packet {
+        eth: start,
         ip,
         l4: start + L4_OFFSET,
         end,

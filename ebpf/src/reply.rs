@@ -1,28 +1,56 @@
-//! The TC program on the egress of tether's interfaces: the reply of a steered flow (target →
-//! client) gets its source rewritten back to the VIP and service port, so the client sees the
-//! address it connected to. Everything else passes untouched.
+//! The TC programs of the reply direction: the reply of a steered flow (target → client) gets
+//! its source rewritten back to the VIP and service port, so the client sees the address it
+//! connected to. Everything else passes untouched.
+//!
+//! - On the egress of the uplinks (`FROM_POD = false`): replies the stack forwarded.
+//! - On the ingress of pod interfaces (`FROM_POD = true`): the reply as the pod sent it. After
+//!   the rewrite it is transmitted straight out of the uplink the FIB names, with the next
+//!   hop's Ethernet addresses and a decremented TTL (`bpf_redirect`), skipping the node's
+//!   forwarding path; when the route leads elsewhere it continues up the stack, already
+//!   rewritten (the uplink's egress program then finds no entry for it).
 //!
 //! Checksums are updated with the kernel's helpers, which also handle `CHECKSUM_PARTIAL`
 //! packets (locally generated or forwarded from a veth whose checksum is still to be filled in).
 use crate::{
     maps::{count, replies4},
     parse::{self, ETH_HDR_LEN, L4_OFFSET, TCP_CSUM_OFFSET, TCP_HDR_LEN, UDP_CSUM_OFFSET},
+    route::{self, FibParams},
 };
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
+    helpers::generated::bpf_redirect,
     programs::TcContext,
 };
-use tether_common::{Counter, FlowKeyV4, Protocol};
+use tether_common::{Counter, FlowKeyV4, InterfaceRole, Protocol, ReplyEntryV4};
 
 /// Offsets of the IPv4 checksum and source address in the frame.
 const IP_CSUM_OFFSET: usize = ETH_HDR_LEN + 10;
 const IP_SRC_OFFSET: usize = ETH_HDR_LEN + 12;
+/// Offset of the IPv4 TOS byte, and of the TTL and protocol bytes (one checksummed word).
+const IP_TOS_OFFSET: usize = ETH_HDR_LEN + 1;
+const IP_TTL_OFFSET: usize = ETH_HDR_LEN + 8;
 
 /// Lets the next program on the hook run (TCX_NEXT), and the packet continue if none does.
 const NEXT: i32 = TC_ACT_UNSPEC;
 
+/// `skb->tc_index` of a reply the pod-interface program rewrote and transmitted: the uplink's
+/// egress program lets it through without a lookup (which could only miss). tc_index is free:
+/// the qdiscs that used it (dsmark, tcindex) left the kernel in 6.3, and the field survives
+/// `bpf_redirect` within a namespace.
+const REWRITTEN: u32 = 0x7e7e;
+
 #[inline(always)]
-pub fn reply(ctx: &TcContext) -> i32 {
+pub fn reply<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
+    if !FROM_POD {
+        // SAFETY: the context of a TC program is its __sk_buff; tc_index is writable there.
+        unsafe {
+            let skb = ctx.skb.skb;
+            if (*skb).tc_index == REWRITTEN {
+                (*skb).tc_index = 0;
+                return NEXT;
+            }
+        }
+    }
     count(Counter::REPLY_PACKETS);
     // Headers of forwarded packets are in the linear area; pull them in if a driver left
     // them in fragments. Failure leaves the packet short, and the parse below passes it.
@@ -83,5 +111,58 @@ pub fn reply(ctx: &TcContext) -> i32 {
     } else {
         Counter::REPLY_ERRORS
     });
+    if FROM_POD && rewritten {
+        return to_client(ctx, &key, &nat, packet.protocol);
+    }
     NEXT
+}
+
+/// Transmits a rewritten reply straight out of the uplink the FIB names for the client, or
+/// lets it continue up the stack.
+#[inline(always)]
+fn to_client(ctx: &TcContext, key: &FlowKeyV4, nat: &ReplyEntryV4, protocol: u8) -> i32 {
+    let (Ok(tos), Ok(ttl_word)) = (
+        ctx.load::<u8>(IP_TOS_OFFSET),
+        ctx.load::<u16>(IP_TTL_OFFSET),
+    ) else {
+        return NEXT;
+    };
+    let [ttl, ip_protocol] = ttl_word.to_ne_bytes();
+    if ttl <= 1 {
+        // The stack answers with ICMP time exceeded.
+        return NEXT;
+    }
+    // SAFETY: the context of a TC program is its __sk_buff.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    // tot_len 0: the TC lookup then checks the MTU against the skb itself (GSO-aware).
+    let mut params = FibParams::ipv4(ingress, protocol, tos, nat.vip, key.dst);
+    if params.lookup(ctx.skb.skb.cast()) != 0 {
+        return NEXT;
+    }
+    match route::interface(params.ifindex) {
+        Some((roles, _)) if roles & InterfaceRole::UPLINK != 0 => {}
+        _ => return NEXT,
+    }
+    let new_ttl_word = u16::from_ne_bytes([ttl - 1, ip_protocol]);
+    let macs = params.header_macs();
+    let forwarded = ctx
+        .l3_csum_replace(
+            IP_CSUM_OFFSET,
+            u64::from(ttl_word),
+            u64::from(new_ttl_word),
+            2,
+        )
+        .is_ok()
+        && ctx.store(IP_TTL_OFFSET, &new_ttl_word, 0).is_ok()
+        && ctx.store(0, &macs, 0).is_ok();
+    if !forwarded {
+        count(Counter::REPLY_ERRORS);
+        return NEXT;
+    }
+    count(Counter::REPLY_REDIRECTED);
+    // SAFETY: as above; bpf_redirect has no memory arguments.
+    unsafe {
+        (*ctx.skb.skb).tc_index = REWRITTEN;
+        bpf_redirect(params.ifindex, 0) as i32
+    }
 }

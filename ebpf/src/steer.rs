@@ -17,7 +17,9 @@
 //! - a service with no active target drops new flows (counted): draining targets take no new
 //!   flows, and passing the packet on would let the stack route the VIP elsewhere.
 //!
-//! After DNAT the packet goes up the stack (`XDP_PASS`), which routes it to the pod.
+//! After DNAT the packet is transmitted straight into the pod interface the target is reached
+//! through when the agent listed one (`XDP_REDIRECT`, see `route`), and goes up the stack
+//! otherwise (`XDP_PASS`), which routes it to the pod.
 //!
 //! The established path is kept to one hash lookup (the flow), one inlined array lookup (the
 //! target) and per-CPU counters; everything else waits for the slow path.
@@ -25,6 +27,7 @@ use crate::{
     csum,
     maps::{count, count_traffic, flows4, replies4, Traffic, MAGLEV, PORTS, SERVICES, TARGETS},
     parse::{self, Packet},
+    route,
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use core::mem::transmute;
@@ -64,16 +67,16 @@ pub fn steer(ctx: &XdpContext) -> u32 {
     }
 
     if packet.protocol == Protocol::TCP {
-        steer_flow::<true>(&packet, key)
+        steer_flow::<true>(ctx, &packet, key)
     } else {
-        steer_flow::<false>(&packet, key)
+        steer_flow::<false>(ctx, &packet, key)
     }
 }
 
 /// The rest of [`steer`], one copy per protocol (`TCP` or UDP) so that each copy's flow
 /// lookup names its map at compile time (see `maps::flows4`).
 #[inline(always)]
-fn steer_flow<const TCP: bool>(packet: &Packet, key: FlowKeyV4) -> u32 {
+fn steer_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: FlowKeyV4) -> u32 {
     let syn = TCP && packet.is_syn();
     // Established flows.
     // By reference: by value, the key would be copied to another stack slot first.
@@ -103,16 +106,16 @@ fn steer_flow<const TCP: bool>(packet: &Packet, key: FlowKeyV4) -> u32 {
                     },
                 );
                 dnat(packet, target);
-                return xdp_action::XDP_PASS;
+                return route::to_target(ctx, packet, flow.target_id, syn);
             }
         }
     }
-    new_flow::<TCP>(packet, &key, syn)
+    new_flow::<TCP>(ctx, packet, &key, syn)
 }
 
 /// A packet of no usable flow: a Maglev pick over the service's active targets.
 #[inline(always)]
-fn new_flow<const TCP: bool>(packet: &Packet, key: &FlowKeyV4, syn: bool) -> u32 {
+fn new_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: &FlowKeyV4, syn: bool) -> u32 {
     // SAFETY: [u8; 4] and [u16; 2] are the same 4 bytes.
     let (src, dst) = unsafe {
         (
@@ -203,7 +206,7 @@ fn new_flow<const TCP: bool>(packet: &Packet, key: &FlowKeyV4, syn: bool) -> u32
         },
     );
     dnat(packet, &target);
-    xdp_action::XDP_PASS
+    route::to_target(ctx, packet, target_id, true)
 }
 
 /// The Maglev pick: the slot the hash names, or the next of [`MAGLEV_PROBES`] slots whose

@@ -147,7 +147,14 @@ impl Netns {
     /// the partial ones veths pass around and receivers trust.
     pub fn disable_tx_checksum(&self, interface: &str) -> Result<()> {
         let interface = interface.to_owned();
-        self.run(move || set_tx_checksum(&interface, false))?
+        self.run(move || set_feature(&interface, ETHTOOL_STXCSUM, false))?
+    }
+
+    /// Turns GRO on for `interface` (`ethtool -K IF gro on`). On a veth that also turns on its
+    /// NAPI, which it needs to take frames an XDP program transmits into its peer.
+    pub fn enable_gro(&self, interface: &str) -> Result<()> {
+        let interface = interface.to_owned();
+        self.run(move || set_feature(&interface, ETHTOOL_SGRO, true))?
     }
 }
 
@@ -208,9 +215,12 @@ fn enter(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn set_tx_checksum(interface: &str, on: bool) -> Result<()> {
+const ETHTOOL_STXCSUM: u32 = 0x17;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// Sets an ethtool feature flag (an `ETHTOOL_S*` command) on `interface`.
+fn set_feature(interface: &str, command: u32, on: bool) -> Result<()> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_STXCSUM: u32 = 0x17;
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
@@ -223,7 +233,7 @@ fn set_tx_checksum(interface: &str, on: bool) -> Result<()> {
         _pad: [u8; 16],
     }
     let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
+        cmd: command,
         data: u32::from(on),
     };
     let mut request = Ifreq {
@@ -247,7 +257,7 @@ fn set_tx_checksum(interface: &str, on: bool) -> Result<()> {
         libc::close(socket);
         if result != 0 {
             bail!(
-                "ethtool tx {} on {interface}: {error}",
+                "ethtool command {command:#x} {} on {interface}: {error}",
                 if on { "on" } else { "off" }
             );
         }

@@ -17,17 +17,18 @@ use aya::{Ebpf, TestRun, TestRunOptions};
 use std::path::{Path, PathBuf};
 use tether_common::{
     client_hash_v4, flow_hash_v4, maglev_slot, port_bit, Counter, FlowEntry, FlowKeyV4, Hashing,
-    MapKind, Protocol, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry, TargetState,
-    TrafficCounters, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, EMPTY_XDP_PROGRAM, MAGLEV_MAP,
-    MAGLEV_SIZE, MAP_SPECS, NO_TARGET, PORTS_MAP, SERVICES_MAP, SERVICE_COUNTERS_MAP, TARGETS_MAP,
-    TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP, TCP_REPLIES4_MAP, TC_PROGRAM, UDP_FLOWS4_MAP,
-    UDP_REPLIES4_MAP, XDP_PROGRAM,
+    MapKind, NextHop, NextHopVerdict, Protocol, ReplyEntryV4, ServiceEntry, ServiceKey,
+    TargetEntry, TargetState, TrafficCounters, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES,
+    EMPTY_XDP_PROGRAM, MAGLEV_MAP, MAGLEV_SIZE, MAP_SPECS, NEXTHOPS_MAP, NO_TARGET, PORTS_MAP,
+    SERVICES_MAP, SERVICE_COUNTERS_MAP, TARGETS_MAP, TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP,
+    TCP_REPLIES4_MAP, TC_PROGRAM, UDP_FLOWS4_MAP, UDP_REPLIES4_MAP, XDP_PROGRAM,
 };
 use tether_tests::netns::privileged;
 
 /// `enum xdp_action`.
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 /// `TC_ACT_UNSPEC` (TCX_NEXT) as the u32 the test run reports.
 const TC_NEXT: u32 = u32::MAX;
 
@@ -179,6 +180,19 @@ impl Kernel {
     fn reply_table(&self, name: &str) -> HashMap<&MapData, FlowKeyV4, ReplyEntryV4> {
         HashMap::try_from(self.ebpf.map(name).expect("replies map"))
             .expect("replies map has the FlowKeyV4/ReplyEntryV4 layout")
+    }
+
+    fn nexthops(&mut self) -> Array<&mut MapData, NextHop> {
+        Array::try_from(self.ebpf.map_mut(NEXTHOPS_MAP).expect("nexthops map"))
+            .expect("nexthops map is an Array<NextHop>")
+    }
+
+    fn set_nexthop(&mut self, id: u32, hop: NextHop) {
+        self.nexthops().set(id, hop, 0).expect("set next hop");
+    }
+
+    fn nexthop(&mut self, id: u32) -> NextHop {
+        self.nexthops().get(&id, 0).expect("read next hop")
     }
 
     fn set_target(&mut self, id: u32, target: TargetEntry) {
@@ -614,6 +628,23 @@ fn packet_fixtures_are_well_formed() {
     assert_eq!(checksum(&[&options[ETH_HDR_LEN..ETH_HDR_LEN + 24]]), 0);
 }
 
+/// `frame` as a router forwards it: the next hop's Ethernet addresses, one hop less.
+fn forwarded(frame: &[u8], macs: [u8; 12]) -> Vec<u8> {
+    let mut out = with_ttl(frame, frame[ETH_HDR_LEN + 8] - 1);
+    out[..12].copy_from_slice(&macs);
+    out
+}
+
+/// `frame` with another IPv4 TTL (and the header checksum to match).
+fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[ETH_HDR_LEN + 8] = ttl;
+    out[ETH_HDR_LEN + 10..ETH_HDR_LEN + 12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&[&out[ETH_HDR_LEN..L4]]);
+    out[ETH_HDR_LEN + 10..ETH_HDR_LEN + 12].copy_from_slice(&sum.to_be_bytes());
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Steering
 
@@ -703,7 +734,11 @@ fn syn_gets_a_maglev_pick_and_is_dnated() {
     assert_eq!((reply.vip, u16::from_be(reply.vip_port)), (VIP, VIP_PORT));
     assert_eq!((reply.service_id, reply.target_id), (SERVICE, pick));
 
-    assert_eq!(kernel.counters(), expected(&[(Counter::NEW_FLOWS, 1)]));
+    // The new flow asked the FIB where the target lives (nowhere here: no redirect).
+    assert_eq!(
+        kernel.counters(),
+        expected(&[(Counter::NEW_FLOWS, 1), (Counter::ROUTE_LOOKUPS, 1)])
+    );
     let counted = TrafficCounters {
         packets: 1,
         bytes: (packet.len() - ETH_HDR_LEN) as u64,
@@ -749,9 +784,13 @@ fn a_flow_hit_keeps_its_target_when_the_table_changes() {
         assert_eq!(verdict, XDP_PASS);
         assert_eq!(out, with_destination(&packet, pod_addr(first), POD_PORT));
     }
-    // A retransmitted SYN of the same flow keeps its (active) target too.
+    // A retransmitted SYN of the same flow keeps its (active) target too. Each SYN resolves
+    // the route afresh; the data packets used the cached answer.
     assert_eq!(kernel.steered_to(&syn(CLIENT_PORT)), first);
-    assert_eq!(kernel.counters(), expected(&[(Counter::NEW_FLOWS, 1)]));
+    assert_eq!(
+        kernel.counters(),
+        expected(&[(Counter::NEW_FLOWS, 1), (Counter::ROUTE_LOOKUPS, 2)])
+    );
     assert_eq!(kernel.target_traffic(first).packets, 5);
     assert_eq!(kernel.target_traffic(first).new_flows, 1);
 }
@@ -1378,4 +1417,116 @@ fn cost_fixtures_take_their_paths() {
         kernel.run_repeated(EMPTY_XDP_PROGRAM, &established, REPEAT),
         XDP_PASS
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Straight into the pod interface (XDP_REDIRECT)
+
+/// The next hop's MAC, then the pod interface's, as a resolved route caches them.
+const POD_MACS: [u8; 12] = [2, 0, 0, 0, 0, 0xb, 2, 0, 0, 0, 0, 0xa];
+const POD_IFINDEX: u32 = 77;
+
+/// What the program caches after the FIB named a pod interface with this MTU.
+fn route_to_pod(mtu: u16) -> NextHop {
+    NextHop {
+        macs: POD_MACS,
+        ifindex: POD_IFINDEX,
+        expires: u64::MAX,
+        mtu,
+        verdict: NextHopVerdict::REDIRECT,
+        _pad: [0; 5],
+    }
+}
+
+#[test]
+fn a_flow_routed_to_a_pod_interface_is_transmitted_straight_into_it() {
+    if !privileged("a_flow_routed_to_a_pod_interface_is_transmitted_straight_into_it") {
+        return;
+    }
+    let mut kernel = kernel_with_service();
+    let target = kernel.steered_to(&syn(CLIENT_PORT));
+    kernel.set_nexthop(target, route_to_pod(1500));
+    let packet = data(CLIENT_PORT);
+    for _ in 0..3 {
+        let (verdict, out) = kernel.run_xdp(&packet);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let dnated = with_destination(&packet, pod_addr(target), POD_PORT);
+        assert_eq!(out, forwarded(&dnated, POD_MACS));
+        assert_checksums_verify(&out);
+    }
+    let counters = kernel.counters();
+    assert_eq!(counters.get(Counter::REDIRECTED), 3);
+    // The cached route answered: only the SYN asked the FIB.
+    assert_eq!(counters.get(Counter::ROUTE_LOOKUPS), 1);
+    assert_eq!(kernel.target_traffic(target).packets, 4);
+}
+
+#[test]
+fn what_a_router_would_not_forward_as_is_goes_to_the_stack() {
+    if !privileged("what_a_router_would_not_forward_as_is_goes_to_the_stack") {
+        return;
+    }
+    let mut kernel = kernel_with_service();
+    let target = kernel.steered_to(&syn(CLIENT_PORT));
+    let packet = data(CLIENT_PORT);
+
+    // Larger than the pod interface's MTU: the stack fragments it or answers ICMP.
+    kernel.set_nexthop(
+        target,
+        route_to_pod((packet.len() - ETH_HDR_LEN - 1) as u16),
+    );
+    let (verdict, out) = kernel.run_xdp(&packet);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, with_destination(&packet, pod_addr(target), POD_PORT));
+
+    // A TTL about to expire: the stack answers time exceeded.
+    kernel.set_nexthop(target, route_to_pod(1500));
+    let last_hop = with_ttl(&packet, 1);
+    let (verdict, out) = kernel.run_xdp(&last_hop);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out[ETH_HDR_LEN + 8], 1, "the TTL is left to the stack");
+    assert_checksums_verify(&out);
+    assert_eq!(kernel.counters().get(Counter::REDIRECTED), 0);
+}
+
+#[test]
+fn an_expired_route_and_every_new_flow_ask_the_fib_again() {
+    if !privileged("an_expired_route_and_every_new_flow_ask_the_fib_again") {
+        return;
+    }
+    let mut kernel = kernel_with_service();
+    let target = kernel.steered_to(&syn(CLIENT_PORT));
+    assert_eq!(kernel.counters().get(Counter::ROUTE_LOOKUPS), 1);
+    // The test run has no ingress interface, so the FIB answers nothing usable: the answer
+    // cached is "leave it to the stack".
+    assert_eq!(kernel.nexthop(target).verdict, NextHopVerdict::STACK);
+
+    // An expired route to a pod interface is looked up again, and replaced by the answer.
+    kernel.set_nexthop(
+        target,
+        NextHop {
+            expires: 0,
+            ..route_to_pod(1500)
+        },
+    );
+    let (verdict, _) = kernel.run_xdp(&data(CLIENT_PORT));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(kernel.counters().get(Counter::ROUTE_LOOKUPS), 2);
+    assert_eq!(kernel.nexthop(target).verdict, NextHopVerdict::STACK);
+
+    // A new flow resolves afresh even over a valid cached route.
+    kernel.set_nexthop(target, route_to_pod(1500));
+    let mut port = CLIENT_PORT + 1;
+    while kernel.steered_to(&syn(port)) != target {
+        port += 1;
+        assert!(
+            port < CLIENT_PORT + 200,
+            "no new flow reached target {target}"
+        );
+    }
+    assert_eq!(
+        kernel.counters().get(Counter::ROUTE_LOOKUPS),
+        2 + u64::from(port - CLIENT_PORT)
+    );
+    assert_eq!(kernel.nexthop(target).verdict, NextHopVerdict::STACK);
 }

@@ -18,7 +18,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use std::path::Path;
-use tether_common::{MAP_SPECS, TC_PROGRAM, XDP_PROGRAM};
+use tether_common::{MAP_SPECS, TC_POD_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
 use tracing::{info, warn};
 
 /// bpf_link attachments for TC (TCX) arrived in Linux 6.6; XDP links in 5.9.
@@ -52,12 +52,14 @@ impl Kernel {
             action: "load",
             source,
         })?;
-        let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
-        tc.load().map_err(|source| Error::Program {
-            program: TC_PROGRAM,
-            action: "load",
-            source,
-        })?;
+        for name in [TC_PROGRAM, TC_POD_PROGRAM] {
+            let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
+            tc.load().map_err(|source| Error::Program {
+                program: name,
+                action: "load",
+                source,
+            })?;
+        }
         let maps = Maps::take(&mut ebpf)?;
         Ok((
             Self {
@@ -76,11 +78,12 @@ impl Kernel {
         // Links that must go first: other interfaces, and XDP in the other mode (a link cannot
         // change mode, and an interface takes one XDP link).
         for (path, link) in self.pins.links() {
-            let keep = interfaces.iter().any(|i| i == link.interface())
-                && match &link {
-                    LinkPin::Xdp { mode: pinned, .. } => *pinned == mode,
-                    LinkPin::Tc { .. } => true,
-                };
+            let keep = match &link {
+                LinkPin::Xdp { mode: pinned, .. } => *pinned == mode,
+                LinkPin::Tc { .. } => true,
+                // Pod interfaces are `attach_pods`' business.
+                LinkPin::FromPod { .. } => continue,
+            } && interfaces.iter().any(|i| i == link.interface());
             if !keep {
                 std::fs::remove_file(&path).map_err(|source| Error::Io {
                     what: format!("unpin {}", path.display()),
@@ -99,6 +102,50 @@ impl Kernel {
             };
             changes.push(self.attach_xdp(&xdp_pin, interface, mode)?);
             changes.push(self.attach_tc(&tc_pin, interface)?);
+        }
+        Ok(changes)
+    }
+
+    /// Makes the pinned attachments of the pod-interface reply program exactly the ingress of
+    /// `pods`: new pod interfaces get it, links of interfaces gone or no longer matched are
+    /// unpinned (a link whose interface was deleted is defunct already). Returns a line per
+    /// change.
+    pub fn attach_pods(&mut self, pods: &[(&str, u32)]) -> Result<Vec<String>, Error> {
+        let mut changes = Vec::new();
+        let mut attached = Vec::new();
+        for (path, link) in self.pins.links() {
+            if let LinkPin::FromPod { interface, ifindex } = &link {
+                if pods.contains(&(interface.as_str(), *ifindex)) {
+                    attached.push((interface.clone(), *ifindex));
+                } else {
+                    std::fs::remove_file(&path).map_err(|source| Error::Io {
+                        what: format!("unpin {}", path.display()),
+                        source,
+                    })?;
+                    changes.push(format!("detached {}", link.file_name()));
+                }
+            }
+        }
+        for &(pod, ifindex) in pods {
+            if !attached.iter().any(|(a, i)| a == pod && *i == ifindex) {
+                let pin = LinkPin::FromPod {
+                    interface: pod.to_owned(),
+                    ifindex,
+                };
+                changes.push(self.attach_tc(&pin, pod)?);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Swaps the current program into every pinned pod-interface link (after an upgrade);
+    /// links that cannot take it are attached afresh.
+    pub fn refresh_pod_links(&mut self) -> Result<Vec<String>, Error> {
+        let mut changes = Vec::new();
+        for (_, link) in self.pins.links() {
+            if let LinkPin::FromPod { interface, .. } = &link {
+                changes.push(self.attach_tc(&link, interface)?);
+            }
         }
         Ok(changes)
     }
@@ -164,9 +211,15 @@ impl Kernel {
         ))
     }
 
+    /// The reply program on an uplink's egress ([`LinkPin::Tc`]) or a pod interface's ingress
+    /// ([`LinkPin::FromPod`]).
     fn attach_tc(&mut self, pin: &LinkPin, interface: &str) -> Result<String, Error> {
+        let (name, attach_type, hook) = match pin {
+            LinkPin::FromPod { .. } => (TC_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
+            _ => (TC_PROGRAM, TcAttachType::Egress, "TC egress"),
+        };
         let path = self.pins.link(pin);
-        let program: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?;
+        let program: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         if path.exists() {
             let replaced = PinnedLink::from_pin(&path)
                 .map_err(|error| error.to_string())
@@ -183,7 +236,7 @@ impl Kernel {
                 Ok(id) => {
                     drop(program.take_link(id));
                     return Ok(format!(
-                        "TC egress on {interface}: program replaced in the pinned link"
+                        "{hook} on {interface}: program replaced in the pinned link"
                     ));
                 }
                 Err(error) => {
@@ -193,14 +246,14 @@ impl Kernel {
             }
         }
         let attach_error = |source| Error::Attach {
-            program: TC_PROGRAM,
+            program: name,
             interface: interface.to_owned(),
             source,
         };
         let id = program
             .attach_with_options(
                 interface,
-                TcAttachType::Egress,
+                attach_type,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(attach_error)?;
@@ -213,8 +266,8 @@ impl Kernel {
             path: path.clone(),
             source,
         })?;
-        info!(interface, "TC egress attached");
-        Ok(format!("TC egress on {interface}: attached and pinned"))
+        info!(interface, hook, "TC attached");
+        Ok(format!("{hook} on {interface}: attached and pinned"))
     }
 }
 

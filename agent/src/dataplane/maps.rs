@@ -4,9 +4,10 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
 use std::path::Path;
 use tether_common::{
-    FlowEntry, FlowKeyV4, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry, TrafficCounters,
-    COUNTERS_MAP, MAGLEV_MAP, META_MAP, PORTS_MAP, SERVICES_MAP, SERVICE_COUNTERS_MAP, TARGETS_MAP,
-    TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP, TCP_REPLIES4_MAP, UDP_FLOWS4_MAP, UDP_REPLIES4_MAP,
+    FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry,
+    TrafficCounters, COUNTERS_MAP, INTERFACES_MAP, MAGLEV_MAP, META_MAP, NEXTHOPS_MAP, PORTS_MAP,
+    SERVICES_MAP, SERVICE_COUNTERS_MAP, TARGETS_MAP, TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP,
+    TCP_REPLIES4_MAP, UDP_FLOWS4_MAP, UDP_REPLIES4_MAP,
 };
 
 pub struct Maps {
@@ -22,6 +23,8 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
     pub service_counters: PerCpuArray<MapData, TrafficCounters>,
     pub target_counters: PerCpuArray<MapData, TrafficCounters>,
+    pub nexthops: Array<MapData, NextHop>,
+    pub interfaces: HashMap<MapData, u32, u32>,
 }
 
 impl Maps {
@@ -72,6 +75,8 @@ impl Maps {
             counters: typed!(COUNTERS_MAP),
             service_counters: typed!(SERVICE_COUNTERS_MAP),
             target_counters: typed!(TARGET_COUNTERS_MAP),
+            nexthops: typed!(NEXTHOPS_MAP),
+            interfaces: typed!(INTERFACES_MAP),
         })
     }
 }

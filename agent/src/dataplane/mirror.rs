@@ -13,8 +13,8 @@ use aya::util::nr_cpus;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tether_common::{
-    ipv4_of_mapped, AddressFamily, Meta, ServiceKey, TargetEntry, TrafficCounters, MAGLEV_SIZE,
-    MAX_TARGETS, PORT_WORDS, SCHEMA_VERSION,
+    ipv4_of_mapped, AddressFamily, Meta, NextHop, ServiceKey, TargetEntry, TrafficCounters,
+    MAGLEV_SIZE, MAX_TARGETS, PORT_WORDS, SCHEMA_VERSION,
 };
 
 pub struct Mirror {
@@ -62,6 +62,23 @@ impl Mirror {
         &self.maps
     }
 
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    /// Clears every target's cached route, so the next packet of each asks the FIB again
+    /// (after the set of pod interfaces changed).
+    pub fn clear_routes(&mut self) -> Result<(), Error> {
+        let ids: Vec<u32> = self.state.used_target_ids().collect();
+        for id in ids {
+            self.maps
+                .nexthops
+                .set(id, NextHop::UNRESOLVED, 0)
+                .map_err(map_error("clear a target's cached route"))?;
+        }
+        Ok(())
+    }
+
     /// Writes the difference between what the maps hold and what `model` asks for.
     pub fn apply(&mut self, model: &Model) -> Result<Applied, Error> {
         let desired = plan::desired(model, &self.state)?;
@@ -95,10 +112,15 @@ impl Mirror {
                     .target_counters
                     .set(*id, zeroed()?, 0)
                     .map_err(map_error("reset target counters"))?,
-                Op::SetTarget(id, entry) => maps
-                    .targets
-                    .set(*id, *entry, 0)
-                    .map_err(map_error("write target"))?,
+                Op::SetTarget(id, entry) => {
+                    maps.targets
+                        .set(*id, *entry, 0)
+                        .map_err(map_error("write target"))?;
+                    // After the target: the next packet resolves the route for what it is now.
+                    maps.nexthops
+                        .set(*id, NextHop::UNRESOLVED, 0)
+                        .map_err(map_error("clear a target's cached route"))?;
+                }
                 Op::SetSlots { service_id, slots } => {
                     let row = service_id * MAGLEV_SIZE;
                     for (slot, target) in slots {

@@ -9,6 +9,7 @@
 //! they hold (ids included), swaps its programs into the pinned links atomically, and goes on
 //! diffing from there. `tether cleanup` detaches and deletes everything.
 pub mod inspect;
+pub mod interfaces;
 mod kernel;
 pub mod maps;
 pub mod metrics;
@@ -18,12 +19,14 @@ pub mod pins;
 pub mod plan;
 
 use crate::model::{DataplaneSettings, Model};
+use interfaces::InterfaceMirror;
 use kernel::Kernel;
 use metrics::DataplaneMetrics;
 use mirror::Mirror;
 use pins::Pins;
 use prometheus_client::registry::Registry;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
 
@@ -167,6 +170,7 @@ impl Default for Options {
 pub struct Dataplane {
     kernel: Kernel,
     mirror: Mirror,
+    interfaces: InterfaceMirror,
     settings: DataplaneSettings,
     metrics: DataplaneMetrics,
 }
@@ -195,16 +199,20 @@ impl Dataplane {
         for warning in &applied.warnings {
             warn!("{warning}");
         }
-        let changes = kernel.attach(&settings.interfaces, settings.xdp_mode)?;
+        let interfaces = InterfaceMirror::open(&mirror.maps().interfaces);
+        let mut changes = kernel.refresh_pod_links()?;
+        changes.extend(kernel.attach(&settings.interfaces, settings.xdp_mode)?);
         for change in &changes {
             info!("dataplane: {change}");
         }
-        let dataplane = Self {
+        let mut dataplane = Self {
             kernel,
             mirror,
+            interfaces,
             settings: settings.clone(),
             metrics,
         };
+        dataplane.refresh_interfaces()?;
         dataplane.record(&applied, started.elapsed());
         info!(
             object = %object.display(),
@@ -256,9 +264,39 @@ impl Dataplane {
                     info!("dataplane: {change}");
                 }
                 self.settings = settings.clone();
+                self.refresh_interfaces()?;
             }
         }
         Ok(applied.summary)
+    }
+
+    /// Brings the interfaces map and the pod-interface reply programs in line with the
+    /// interfaces the node has now: called at start, on a settings change and every
+    /// [`interfaces::RESCAN_INTERVAL`] (pod interfaces come and go with pods).
+    pub fn refresh_interfaces(&mut self) -> Result<(), Error> {
+        let links = interfaces::list()?;
+        let wanted = interfaces::desired(&self.settings, &links);
+        let pods: Vec<(&str, u32)> = wanted
+            .iter()
+            .filter(|(_, interface)| interface.roles & tether_common::InterfaceRole::POD != 0)
+            .map(|(ifindex, interface)| (interface.name.as_str(), *ifindex))
+            .collect();
+        // The reply program first: a pod interface the XDP program transmits into has it.
+        for change in self.kernel.attach_pods(&pods)? {
+            info!("dataplane: {change}");
+        }
+        if self
+            .interfaces
+            .sync(&mut self.mirror.maps_mut().interfaces, &wanted)?
+        {
+            self.mirror.clear_routes()?;
+            info!(
+                uplinks = ?wanted.values().filter(|i| i.roles & tether_common::InterfaceRole::UPLINK != 0).map(|i| i.name.as_str()).collect::<Vec<_>>(),
+                pods = ?pods.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+                "dataplane: interfaces updated"
+            );
+        }
+        Ok(())
     }
 
     fn record(&self, applied: &mirror::Applied, elapsed: Duration) {
@@ -277,7 +315,30 @@ impl Dataplane {
 pub struct Runner {
     options: Options,
     metrics: DataplaneMetrics,
-    dataplane: Option<Dataplane>,
+    dataplane: Option<Arc<Mutex<Dataplane>>>,
+}
+
+/// Shares a started dataplane with a thread that rescans the interfaces every
+/// [`interfaces::RESCAN_INTERVAL`] for as long as the dataplane lives.
+fn shared(dataplane: Dataplane) -> Arc<Mutex<Dataplane>> {
+    let dataplane = Arc::new(Mutex::new(dataplane));
+    let weak: Weak<Mutex<Dataplane>> = Arc::downgrade(&dataplane);
+    let spawned = std::thread::Builder::new()
+        .name("tether-interfaces".into())
+        .spawn(move || loop {
+            std::thread::sleep(interfaces::RESCAN_INTERVAL);
+            let Some(dataplane) = weak.upgrade() else {
+                return;
+            };
+            let mut dataplane = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(error) = dataplane.refresh_interfaces() {
+                warn!(%error, "rescanning the interfaces failed; the interfaces map keeps what it held");
+            }
+        });
+    if let Err(error) = spawned {
+        warn!(%error, "cannot start the interface rescan; pod interfaces are read at start and on reload only");
+    }
+    dataplane
 }
 
 impl Runner {
@@ -287,12 +348,12 @@ impl Runner {
         let metrics = DataplaneMetrics::default();
         metrics.register(registry);
         let dataplane = match &model.dataplane {
-            Some(settings) => Some(Dataplane::start(
+            Some(settings) => Some(shared(Dataplane::start(
                 settings,
                 model,
                 &options,
                 metrics.clone(),
-            )?),
+            )?)),
             None => None,
         };
         Ok(Self {
@@ -307,12 +368,12 @@ impl Runner {
     /// cannot start is an error, as at [`Runner::start`].
     pub fn begin(&mut self, model: &Model) -> Result<(), Error> {
         if let (None, Some(settings)) = (&self.dataplane, &model.dataplane) {
-            self.dataplane = Some(Dataplane::start(
+            self.dataplane = Some(shared(Dataplane::start(
                 settings,
                 model,
                 &self.options,
                 self.metrics.clone(),
-            )?);
+            )?));
         }
         Ok(())
     }
@@ -335,13 +396,14 @@ impl Runner {
                 if settings.is_none() {
                     warn!("the dataplane section is gone: kernel services are removed; the programs stay attached until `tether cleanup`");
                 }
+                let mut dataplane = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Err(error) = dataplane.apply(model, changed_at) {
                     error!(%error, "dataplane update failed; the maps keep their previous contents where not written");
                 }
             }
             (None, Some(settings)) => {
                 match Dataplane::start(settings, model, &self.options, self.metrics.clone()) {
-                    Ok(dataplane) => self.dataplane = Some(dataplane),
+                    Ok(dataplane) => self.dataplane = Some(shared(dataplane)),
                     Err(error) => {
                         self.metrics.apply_errors.inc();
                         error!(%error, "cannot start the dataplane");

@@ -1,5 +1,6 @@
 //! The pin directory: every map at `<dir>/<MAP NAME>`, and the bpf_links that keep the
-//! programs attached at `<dir>/links/{xdp-native,xdp-skb,tc}-<interface>`.
+//! programs attached at `<dir>/links/{xdp-native,xdp-skb,tc}-<interface>` and
+//! `<dir>/links/from-pod-<ifindex>-<interface>`.
 //!
 //! Pins outlive the agent: a stopped or restarted `tether run` leaves them, so the programs
 //! keep steering with the maps as they were, and the next agent re-opens both. Only
@@ -22,8 +23,20 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// A program attachment, as its pin name records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkPin {
-    Xdp { interface: String, mode: XdpMode },
-    Tc { interface: String },
+    Xdp {
+        interface: String,
+        mode: XdpMode,
+    },
+    /// The reply program on an uplink's egress.
+    Tc {
+        interface: String,
+    },
+    /// The reply program on a pod interface's ingress. The ifindex tells a link of a deleted
+    /// interface (defunct) from one of a new interface of the same name.
+    FromPod {
+        interface: String,
+        ifindex: u32,
+    },
 }
 
 impl LinkPin {
@@ -31,6 +44,7 @@ impl LinkPin {
         match self {
             LinkPin::Xdp { interface, mode } => format!("xdp-{}-{interface}", mode_name(*mode)),
             LinkPin::Tc { interface } => format!("tc-{interface}"),
+            LinkPin::FromPod { interface, ifindex } => format!("from-pod-{ifindex}-{interface}"),
         }
     }
 
@@ -47,6 +61,13 @@ impl LinkPin {
                 mode: XdpMode::Skb,
             });
         }
+        if let Some(rest) = name.strip_prefix("from-pod-") {
+            let (ifindex, interface) = rest.split_once('-')?;
+            return Some(LinkPin::FromPod {
+                interface: interface.to_owned(),
+                ifindex: ifindex.parse().ok()?,
+            });
+        }
         name.strip_prefix("tc-").map(|interface| LinkPin::Tc {
             interface: interface.to_owned(),
         })
@@ -54,7 +75,9 @@ impl LinkPin {
 
     pub fn interface(&self) -> &str {
         match self {
-            LinkPin::Xdp { interface, .. } | LinkPin::Tc { interface } => interface,
+            LinkPin::Xdp { interface, .. }
+            | LinkPin::Tc { interface }
+            | LinkPin::FromPod { interface, .. } => interface,
         }
     }
 }

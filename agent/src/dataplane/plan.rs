@@ -55,7 +55,7 @@ impl KernelState {
         self.services.values().map(|s| s.targets.len()).sum()
     }
 
-    fn used_target_ids(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn used_target_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.services
             .values()
             .flat_map(|s| s.targets.values().map(|(id, _)| *id))

@@ -155,6 +155,8 @@ struct RawAdmin {
 struct RawDataplane {
     interfaces: Vec<String>,
     xdp_mode: Option<String>,
+    #[serde(default)]
+    pod_interfaces: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +457,11 @@ impl Validator<'_> {
                 ));
             }
         }
+        for (index, pattern) in raw.pod_interfaces.iter().enumerate() {
+            if let Err(message) = crate::dataplane::interfaces::check_pattern(pattern) {
+                return Err(self.error(format!("dataplane.podInterfaces[{index}]"), message));
+            }
+        }
         let xdp_mode = match raw.xdp_mode.as_deref() {
             None | Some("native") => XdpMode::Native,
             Some("skb") => XdpMode::Skb,
@@ -468,6 +475,7 @@ impl Validator<'_> {
         Ok(DataplaneSettings {
             interfaces: raw.interfaces,
             xdp_mode,
+            pod_interfaces: raw.pod_interfaces,
         })
     }
 

@@ -59,7 +59,7 @@ pub struct Options {
     rounds: u32,
     /// Systems to run.
     #[arg(long, value_enum, value_delimiter = ',',
-          default_values_t = [System::Direct, System::Tether, System::Nftables])]
+          default_values_t = [System::Direct, System::Tether, System::TetherStack, System::Nftables])]
     systems: Vec<System>,
     /// Scenarios to run.
     #[arg(long, value_enum, value_delimiter = ',',
@@ -117,7 +117,11 @@ pub struct Options {
 #[serde(rename_all = "kebab-case")]
 pub enum System {
     Direct,
+    /// tether with its pod interfaces listed: XDP_REDIRECT into the pods, replies redirected
+    /// out of the client-facing veth.
     Tether,
+    /// tether without pod interfaces: XDP_PASS, the node's stack forwards both ways.
+    TetherStack,
     Nftables,
 }
 
@@ -126,14 +130,19 @@ impl System {
         match self {
             System::Direct => "direct",
             System::Tether => "tether",
+            System::TetherStack => "tether-stack",
             System::Nftables => "nftables",
         }
+    }
+
+    fn is_tether(self) -> bool {
+        matches!(self, System::Tether | System::TetherStack)
     }
 
     fn steering(self) -> Steering {
         match self {
             System::Direct => Steering::Direct,
-            System::Tether => Steering::Tether,
+            System::Tether | System::TetherStack => Steering::Tether,
             System::Nftables => Steering::Nftables,
         }
     }
@@ -784,6 +793,7 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
             binary: &ctx.binary,
             object: &ctx.object,
             xdp_mode: &ctx.options.xdp_mode,
+            redirect: system == System::Tether,
         })?,
         Steering::Nftables => lab.start_nftables()?,
     }
@@ -799,7 +809,7 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
         System::Direct if distinct != BTreeSet::from([0]) => {
             bail!("direct connections to pod 0 reached pods {distinct:?}")
         }
-        System::Tether | System::Nftables if distinct.len() < 2 => {
+        System::Tether | System::TetherStack | System::Nftables if distinct.len() < 2 => {
             bail!("12 connections to the VIP all reached pod(s) {distinct:?}: not load balanced")
         }
         _ => {}
@@ -807,7 +817,7 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
     let servers = lab.servers.as_ref().context("servers")?;
     load::probe_bulk(&lab.client, servers, bulk, 1 << 20).context("probing the bulk service")?;
     match system {
-        System::Tether => {
+        System::Tether | System::TetherStack => {
             let stats = lab.tether_stats()?;
             let counter = |name: &str| stats["counters"][name].as_u64().unwrap_or(0);
             if counter("new_flows") < 13 || counter("reply_nat") == 0 {
@@ -816,6 +826,18 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
                      {}):\n{}",
                     counter("new_flows"),
                     counter("reply_nat"),
+                    lab.tether_log_tail()
+                );
+            }
+            // Each path is what its name says: redirected both ways, or not at all.
+            let (redirected, replies_redirected) =
+                (counter("redirected"), counter("reply_redirected"));
+            let redirects = system == System::Tether;
+            if redirects != (redirected > 0) || redirects != (replies_redirected > 0) {
+                bail!(
+                    "{}: {redirected} packets redirected to pods and {replies_redirected} replies \
+                     redirected to the client during the probes:\n{}",
+                    system.name(),
                     lab.tether_log_tail()
                 );
             }
@@ -849,7 +871,7 @@ fn reading(lab: &Lab, scenario: Scenario, load: &load::Load, pids: &[i32]) -> Re
     Reading {
         at: Instant::now(),
         node_ticks: lab::task_ticks(pids),
-        wire_ticks: lab::task_ticks(&lab.wire_threads()),
+        wire_ticks: lab::task_ticks(&lab.load_threads()),
         snapshot: Snapshot::take(),
         units: match scenario {
             Scenario::Bulk => servers.map_or(0, load::Servers::bulk_bytes),
@@ -875,9 +897,9 @@ fn measure(
     let options = ctx.options;
     quiet(options.quiet_wait)?;
     let ((rr_ip, rr_port), (bulk_ip, bulk_port)) = Lab::targets(system.steering());
-    let xdp_before = match system {
-        System::Tether => Some(xdp_packets(lab)?),
-        _ => None,
+    let xdp_before = match system.is_tether() {
+        true => Some(xdp_packets(lab)?),
+        false => None,
     };
     let load = match scenario {
         Scenario::Bulk => load::bulk(
@@ -901,7 +923,7 @@ fn measure(
     let after = reading(lab, scenario, &load, &pids);
     load.progress.recording.store(false, Ordering::Relaxed);
     let mut latencies = load.finish();
-    if system == System::Tether {
+    if system.is_tether() {
         lab.tether_running()?;
     }
     let xdp_steered_packets = match xdp_before {
@@ -1155,9 +1177,11 @@ fn cell(cells: &[Cell], system: System, scenario: Scenario) -> Option<&Cell> {
 }
 
 fn ratios(cells: &[Cell], scenarios: &[Scenario]) -> Vec<Ratio> {
-    const PAIRS: [(System, System); 3] = [
+    const PAIRS: [(System, System); 5] = [
         (System::Tether, System::Nftables),
         (System::Tether, System::Direct),
+        (System::TetherStack, System::Nftables),
+        (System::Tether, System::TetherStack),
         (System::Nftables, System::Direct),
     ];
     let mut out = Vec::new();

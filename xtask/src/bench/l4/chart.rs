@@ -16,6 +16,7 @@ fn color(system: System) -> RGBColor {
     match system {
         System::Direct => RGBColor(150, 150, 150),
         System::Tether => RGBColor(230, 120, 20),
+        System::TetherStack => RGBColor(240, 190, 120),
         System::Nftables => RGBColor(40, 100, 180),
     }
 }
@@ -315,7 +316,8 @@ fn draw_header<DB: DrawingBackend>(report: &Report, area: &DrawingArea<DB, Shift
         .map(|&system| {
             let text = match system {
                 System::Direct => "direct (no NAT)",
-                System::Tether => "tether (XDP)",
+                System::Tether => "tether (XDP redirect)",
+                System::TetherStack => "tether (XDP, stack forwards)",
                 System::Nftables => "nftables DNAT",
             };
             (text.to_string(), color(system))

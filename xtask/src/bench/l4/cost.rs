@@ -14,6 +14,14 @@
 //! lookup, Maglev pick, two LRU inserts, DNAT to the next VIP). The chain's flows are deleted
 //! before each round. Each repeat then also reads another service, Maglev row and target, cold
 //! in cache: the figure is an upper bound for a SYN to one busy service.
+//!
+//! The redirected established flow (a target whose route leads to a pod interface, cached as
+//! the program caches it) decrements the TTL like a router, so its packet does change: it starts
+//! at TTL 255 and can only run in calls of [`BATCH`] repeats, each from the original packet.
+//! Such short calls read colder caches (every XDP test run of more than one repeat swaps the
+//! kernel's XDP dispatcher, an RCU grace period, between calls), which adds some 30 ns to the
+//! established flow alone. So the redirected figure is the established flow's (timed like the
+//! others) plus what redirecting adds to it when both are timed in the same short calls.
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::Xdp;
@@ -21,14 +29,21 @@ use aya::{Ebpf, TestRun, TestRunOptions};
 use serde::Serialize;
 use std::path::Path;
 use tether_common::{
-    flow_hash_v4, maglev_slot, port_bit, Counter, FlowEntry, FlowKeyV4, Hashing, Protocol,
-    ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry, TargetState, TrafficCounters,
-    COUNTERS_MAP, EMPTY_XDP_PROGRAM, MAGLEV_MAP, MAGLEV_SIZE, PORTS_MAP, SERVICES_MAP, TARGETS_MAP,
-    TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP, TCP_REPLIES4_MAP, XDP_PROGRAM,
+    flow_hash_v4, maglev_slot, port_bit, Counter, FlowEntry, FlowKeyV4, Hashing, NextHop,
+    NextHopVerdict, Protocol, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry, TargetState,
+    TrafficCounters, COUNTERS_MAP, EMPTY_XDP_PROGRAM, MAGLEV_MAP, MAGLEV_SIZE, NEXTHOPS_MAP,
+    PORTS_MAP, SERVICES_MAP, TARGETS_MAP, TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP, TCP_REPLIES4_MAP,
+    XDP_PROGRAM,
 };
 
 /// `enum xdp_action`.
 const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+/// Repeats per `BPF_PROG_TEST_RUN` call: below the 254 hops a TTL of 255 allows, so every
+/// repeat of the redirected fixture is forwarded.
+pub const BATCH: u32 = 250;
+/// Runs per round of the batched pair (established, redirected): 64 calls each.
+pub const BATCH_RUNS: u32 = 64 * BATCH;
 
 const VIP: [u8; 4] = [10, 96, 0, 10];
 const VIP_PORT: u16 = 80;
@@ -38,6 +53,9 @@ const SERVICE: u32 = 3;
 /// Three pod targets, and the target that is the VIP itself (see the module comment).
 const PODS: [u32; 3] = [10, 11, 12];
 const SELF_TARGET: u32 = 100;
+/// The VIP itself again, with a cached route to a pod interface: the redirected fixture.
+const SELF_REDIRECT_TARGET: u32 = 101;
+const REDIRECT_PORT: u16 = CLIENT_PORT + 1;
 const POD_PORT: u16 = 8080;
 /// The SYN chain: services `CHAIN_SERVICES + k` at `chain_vip(k)`, target `CHAIN_TARGETS + k`
 /// pointing at `chain_vip(k + 1)`; a SYN's repeats walk it (see the module comment).
@@ -179,9 +197,30 @@ impl Kernel {
                 0,
             )?;
         }
-        targets.set(
-            SELF_TARGET,
-            TargetEntry::ipv4(SERVICE, VIP, VIP_PORT, 1, TargetState::ACTIVE),
+        for id in [SELF_TARGET, SELF_REDIRECT_TARGET] {
+            targets.set(
+                id,
+                TargetEntry::ipv4(SERVICE, VIP, VIP_PORT, 1, TargetState::ACTIVE),
+                0,
+            )?;
+        }
+        // The route the program would have cached for a pod behind a pod interface: the
+        // fixture's own MAC addresses, so only the TTL changes.
+        let frame = established_redirected();
+        let mut macs = [0u8; 12];
+        macs.copy_from_slice(&frame[..12]);
+        let mut nexthops: Array<&mut MapData, NextHop> =
+            Array::try_from(self.map_mut(NEXTHOPS_MAP)?)?;
+        nexthops.set(
+            SELF_REDIRECT_TARGET,
+            NextHop {
+                macs,
+                ifindex: 1,
+                expires: u64::MAX,
+                mtu: 1500,
+                verdict: NextHopVerdict::REDIRECT,
+                _pad: [0; 5],
+            },
             0,
         )?;
         let mut maglev: Array<&mut MapData, u32> = Array::try_from(self.map_mut(MAGLEV_MAP)?)?;
@@ -204,14 +243,19 @@ impl Kernel {
         ports.set(word, bits | bit, 0)?;
         let mut flows: HashMap<&mut MapData, FlowKeyV4, FlowEntry> =
             HashMap::try_from(self.map_mut(TCP_FLOWS4_MAP)?)?;
-        flows.insert(
-            FlowKeyV4::new(CLIENT, CLIENT_PORT, VIP, VIP_PORT),
-            FlowEntry {
-                target_id: SELF_TARGET,
-                service_id: SERVICE,
-            },
-            0,
-        )?;
+        for (port, target_id) in [
+            (CLIENT_PORT, SELF_TARGET),
+            (REDIRECT_PORT, SELF_REDIRECT_TARGET),
+        ] {
+            flows.insert(
+                FlowKeyV4::new(CLIENT, port, VIP, VIP_PORT),
+                FlowEntry {
+                    target_id,
+                    service_id: SERVICE,
+                },
+                0,
+            )?;
+        }
         self.add_chain()
     }
 
@@ -301,19 +345,31 @@ impl Kernel {
         Ok((result.return_value, out))
     }
 
-    /// Average ns per run over `repeat` runs, as the kernel timed them.
+    /// Average ns per run over `repeat` runs, as the kernel timed them (one call).
     fn time(&self, name: &str, packet: &[u8], repeat: u32) -> Result<f64> {
+        self.time_in_batches(name, packet, repeat, repeat)
+    }
+
+    /// As [`Self::time`], in calls of `batch` repeats, each from the original packet.
+    fn time_in_batches(&self, name: &str, packet: &[u8], repeat: u32, batch: u32) -> Result<f64> {
+        let program = self.program(name)?;
         let mut out = vec![0u8; packet.len() + 256];
-        let result = self
-            .program(name)?
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        Ok(result.duration.as_nanos() as f64)
+        let (mut runs, mut total_ns) = (0u64, 0f64);
+        while runs < u64::from(repeat) {
+            let batch = (u64::from(repeat) - runs).min(u64::from(batch.max(1))) as u32;
+            let result = program
+                .test_run(TestRunOptions {
+                    data_in: Some(packet),
+                    data_out: Some(&mut out),
+                    repeat: batch,
+                    ..TestRunOptions::default()
+                })
+                .context("BPF_PROG_TEST_RUN")?;
+            // The kernel reports the average of the batch, in whole ns.
+            total_ns += result.duration.as_nanos() as f64 * f64::from(batch);
+            runs += u64::from(batch);
+        }
+        Ok(total_ns / runs as f64)
     }
 
     fn counter(&self, index: u32) -> Result<u64> {
@@ -364,6 +420,25 @@ impl Kernel {
         checks.push(
             "established: XDP_PASS, flow hit, DNAT to the VIP itself (packet unchanged)".into(),
         );
+
+        let redirected = established_redirected();
+        let before = self.target_packets(SELF_REDIRECT_TARGET)?;
+        let (verdict, out) = self.run(XDP_PROGRAM, &redirected)?;
+        ensure!(
+            verdict == XDP_REDIRECT && out == with_ttl(&redirected, 254),
+            "the redirected fixture should be redirected with one hop less (verdict {verdict})"
+        );
+        let redirected_after = self.counter(Counter::REDIRECTED)?;
+        self.time_in_batches(XDP_PROGRAM, &redirected, BATCH, BATCH)?;
+        ensure!(
+            self.target_packets(SELF_REDIRECT_TARGET)? == before + 1 + u64::from(BATCH)
+                && self.counter(Counter::REDIRECTED)? == redirected_after + u64::from(BATCH),
+            "every repeat of a batch of the redirected fixture should be a redirected flow hit"
+        );
+        checks.push(format!(
+            "established-redirect: XDP_REDIRECT, flow hit, cached route, TTL 255 -> 254; all \
+             {BATCH} repeats of a batch redirected"
+        ));
 
         for (name, packet) in [("miss-port", miss_port()), ("miss-vip", miss_vip())] {
             let misses = self.counter(Counter::NOT_SERVICE)?;
@@ -427,6 +502,7 @@ impl Kernel {
     fn time_fixtures(&mut self, options: Options) -> Result<CostReport> {
         let Options { rounds, repeat } = options;
         let established = established();
+        let redirected = established_redirected();
         let repeated: [(&str, Vec<u8>); 3] = [
             ("established", established.clone()),
             ("miss-port", miss_port()),
@@ -442,13 +518,24 @@ impl Kernel {
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); repeated.len()];
         let mut syns = Vec::new();
         let mut syn_ratios = Vec::new();
+        let (mut redirects, mut redirect_ratios) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
+            // What redirecting adds, from the pair timed the same way (see the module comment).
+            let batched_established =
+                self.time_in_batches(XDP_PROGRAM, &established, BATCH_RUNS, BATCH)?;
+            let batched_redirected =
+                self.time_in_batches(XDP_PROGRAM, &redirected, BATCH_RUNS, BATCH)?;
+            let added = batched_redirected - batched_established;
             let base = self.time(EMPTY_XDP_PROGRAM, &established, repeat)?;
             empty.push(base);
-            for (i, (_, packet)) in repeated.iter().enumerate() {
+            for (i, (key, packet)) in repeated.iter().enumerate() {
                 let ns = self.time(XDP_PROGRAM, packet, repeat)?;
                 figures[i].push(ns);
                 ratios[i].push(ns / base);
+                if *key == "established" {
+                    redirects.push(ns + added);
+                    redirect_ratios.push((ns + added) / base);
+                }
             }
             self.clear_chain()?;
             let new_flows = self.counter(Counter::NEW_FLOWS)?;
@@ -473,23 +560,45 @@ impl Kernel {
         for (i, (key, _)) in repeated.iter().enumerate() {
             fixtures.push(fixture(key, figures[i].clone(), Some(ratios[i].clone())));
         }
-        fixtures.insert(2, fixture("syn", syns, Some(syn_ratios)));
+        fixtures.insert(
+            2,
+            fixture("established-redirect", redirects, Some(redirect_ratios)),
+        );
+        fixtures.insert(3, fixture("syn", syns, Some(syn_ratios)));
 
-        let ratio = fixtures
+        // Both established paths count: the stack one (no pod interfaces listed) and the
+        // redirected one. The target holds when the dearer of the two is within it.
+        let empty_ns = fixtures[0].ns_per_packet;
+        let established: Vec<&Fixture> = fixtures
             .iter()
-            .find(|f| f.key == "established")
-            .and_then(|f| f.ratio_to_empty);
-        let rule = format!("established path <= {TARGET_RATIO}x the empty XDP program (ns/packet)");
-        let (pass, reason) = match ratio {
-            Some(r) => (
+            .filter(|f| f.key == "established" || f.key == "established-redirect")
+            .collect();
+        let worst = established
+            .iter()
+            .filter_map(|f| f.ratio_to_empty.map(|r| (r, *f)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let ratio = worst.map(|(r, _)| r);
+        let rule = format!(
+            "established path (stack and redirected) <= {TARGET_RATIO}x the empty XDP program (ns/packet)"
+        );
+        let (pass, reason) = match worst {
+            Some((r, _)) if established.len() == 2 => (
                 r <= TARGET_RATIO,
-                format!(
-                    "{r:.2}x the empty program ({} vs {} ns/packet)",
-                    fmt_ns(fixtures[1].ns_per_packet),
-                    fmt_ns(fixtures[0].ns_per_packet)
-                ),
+                established
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{}: {:.2}x the empty program ({} vs {} ns/packet)",
+                            f.key,
+                            f.ratio_to_empty.unwrap_or(f64::NAN),
+                            fmt_ns(f.ns_per_packet),
+                            fmt_ns(empty_ns)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
             ),
-            None => (false, "not measured".into()),
+            _ => (false, "not measured".into()),
         };
         Ok(CostReport {
             object: String::new(),
@@ -525,6 +634,15 @@ fn fixture(key: &'static str, rounds: Vec<f64>, ratios: Option<Vec<f64>>) -> Fix
             "established flow",
             "TCP data packet of a known flow: port bitmap, flow lookup (LRU hash), target read, \
              counters, DNAT with incremental checksums",
+        ),
+        "established-redirect" => (
+            "established, redirected",
+            "the established flow to a target whose route leads to a pod interface: as above, \
+             plus the cached route read, the next hop's MAC addresses, TTL and checksum, and \
+             bpf_redirect (XDP_REDIRECT); what every client packet of the throughput bench's \
+             tether system takes. The established flow's figure plus what redirecting adds to \
+             it when both are timed in calls of 250 repeats (the TTL goes down by one per \
+             repeat; see the module comment)",
         ),
         "syn" => (
             "SYN (new flow)",
@@ -585,6 +703,29 @@ fn established() -> Vec<u8> {
         PSH_ACK,
         b"GET / HTTP/1.1\r\n\r\n",
     )
+}
+
+/// The established flow of the redirected target, TTL 255 (see the module comment).
+fn established_redirected() -> Vec<u8> {
+    let frame = tcp(
+        CLIENT,
+        REDIRECT_PORT,
+        VIP,
+        VIP_PORT,
+        PSH_ACK,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    with_ttl(&frame, 255)
+}
+
+/// `frame` with another TTL and the IPv4 checksum to match.
+fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[14 + 8] = ttl;
+    out[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&[&out[14..34]]);
+    out[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    out
 }
 
 fn syn(port: u16, vip: [u8; 4]) -> Vec<u8> {
@@ -676,7 +817,13 @@ mod tests {
 
     #[test]
     fn fixtures_have_valid_checksums() {
-        for frame in [established(), syn(1234, VIP), miss_port(), miss_vip()] {
+        for frame in [
+            established(),
+            established_redirected(),
+            syn(1234, VIP),
+            miss_port(),
+            miss_vip(),
+        ] {
             assert_eq!(checksum(&[&frame[14..34]]), 0);
             let segment = &frame[34..];
             let pseudo = [

@@ -612,6 +612,10 @@ pub struct TetherSetup<'a> {
     pub binary: &'a Path,
     pub object: &'a Path,
     pub xdp_mode: &'a str,
+    /// List the node's pod-facing veths as `dataplane.podInterfaces`: steered packets go
+    /// straight into them (XDP_REDIRECT) and replies straight out of the client-facing veth.
+    /// Off: both directions go through the node's forwarding path (XDP_PASS).
+    pub redirect: bool,
 }
 
 pub struct Lab {
@@ -621,6 +625,8 @@ pub struct Lab {
     /// (namespace, interface) of the client's and pods' veths.
     senders: Vec<(String, String)>,
     pub node_interfaces: Vec<String>,
+    /// The pods' own veths (`e<i>`), whose NAPI kthreads run on the load CPU(s).
+    pod_threads: Vec<i32>,
     pub node_cpus: Vec<usize>,
     pub load_cpus: Vec<usize>,
     tether: Option<Tether>,
@@ -703,6 +709,7 @@ impl Lab {
             checksums,
             senders: Vec::new(),
             node_interfaces: Vec::new(),
+            pod_threads: Vec::new(),
             node_cpus: node_cpus.to_vec(),
             load_cpus: load_cpus.to_vec(),
             tether: None,
@@ -784,6 +791,24 @@ impl Lab {
         }
         self.node.sysfs_script(&script)?;
         self.node_interfaces = node_interfaces;
+        // The pods: GRO, hence NAPI, on their veths, threaded and pinned to the load CPU(s), as
+        // the client's side of the wire is. Their receive processing (GRO, checksums, TCP)
+        // then runs in their own kthreads whatever the node does: an skb the node forwards
+        // and a frame XDP transmits into the pod's veth (which needs the pod's NAPI) land in
+        // the same place, for every system alike.
+        for (pod, interface) in self.pods.iter().zip(&pod_interfaces) {
+            pod.ethtool(interface, ETHTOOL_SGRO, true)?;
+            pod.sysfs_script(&format!("echo 1 > /sys/class/net/{interface}/threaded\n"))?;
+        }
+        let pod_threads = napi_threads(&pod_interfaces);
+        ensure!(
+            pod_threads.len() == pod_interfaces.len(),
+            "expected one NAPI kthread per pod veth ({pod_interfaces:?}), found {pod_threads:?}"
+        );
+        for (_, pid) in &pod_threads {
+            pin_pid(*pid, &self.load_cpus)?;
+            self.pod_threads.push(*pid);
+        }
         if let Some(wire) = self.wire.as_mut() {
             // The client receives the wire's redirected frames: that needs its NAPI (GRO).
             self.client.ethtool(&c, ETHTOOL_SGRO, true)?;
@@ -847,12 +872,15 @@ impl Lab {
             .collect()
     }
 
-    /// The wire's NAPI kthreads (load-side kernel threads), if any.
-    pub fn wire_threads(&self) -> Vec<i32> {
-        self.wire
+    /// The load side's NAPI kthreads: the wire's, if any, and the pods'.
+    pub fn load_threads(&self) -> Vec<i32> {
+        let mut threads = self
+            .wire
             .as_ref()
             .map(|w| w.threads.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        threads.extend(&self.pod_threads);
+        threads
     }
 
     /// Packets the node's client-facing veth received.
@@ -874,7 +902,15 @@ impl Lab {
         let config = self.dir.join("tether.yaml");
         fs::write(
             &config,
-            tether_config(&self.node_interfaces[0], setup.xdp_mode),
+            tether_config(
+                &self.node_interfaces[0],
+                if setup.redirect {
+                    &self.node_interfaces[1..]
+                } else {
+                    &[]
+                },
+                setup.xdp_mode,
+            ),
         )?;
         let log = self.dir.join("tether.log");
         let mut command = self.node.command(setup.binary)?;
@@ -1007,15 +1043,20 @@ impl Drop for Lab {
     }
 }
 
-pub fn tether_config(interface: &str, xdp_mode: &str) -> String {
+pub fn tether_config(interface: &str, pod_interfaces: &[String], xdp_mode: &str) -> String {
     let rr: String = (0..PODS)
         .map(|pod| format!("      - {{address: {}:{POD_RR_PORT}}}\n", pod_addr(pod)))
         .collect();
+    let pods = if pod_interfaces.is_empty() {
+        String::new()
+    } else {
+        format!("  podInterfaces: [{}]\n", pod_interfaces.join(", "))
+    };
     format!(
         "dataplane:
   interfaces: [{interface}]
   xdpMode: {xdp_mode}
-services:
+{pods}services:
   rr:
     listen: {VIP}:{RR_PORT}
     protocol: tcp
@@ -1135,7 +1176,7 @@ mod tests {
 
     #[test]
     fn configs_name_every_pod() {
-        let yaml = tether_config("n12340", "native");
+        let yaml = tether_config("n12340", &["p012340".into()], "native");
         assert!(yaml.contains("interfaces: [n12340]"));
         assert!(yaml.contains("10.77.3.2:8080"));
         assert!(yaml.contains("listen: 10.96.0.10:5201"));

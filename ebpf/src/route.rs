@@ -1,0 +1,165 @@
+//! Transmitting straight to the next hop, skipping the node's forwarding path.
+//!
+//! After DNAT, the XDP program asks the FIB (`bpf_fib_lookup`) where the target lives. When
+//! the route leads out of a pod interface the agent listed ([`InterfaceRole::POD`]), the frame
+//! gets the next hop's Ethernet addresses and a decremented TTL and is transmitted into that
+//! interface (`XDP_REDIRECT`): no skb is built on the node, no GRO, no netfilter, no routing.
+//! Anything else (a route elsewhere, an unresolved neighbour, a TTL about to expire, a packet
+//! over the interface's MTU) goes up the stack as before (`XDP_PASS`), which handles it fully.
+//!
+//! The answer is cached per target ([`NextHop`], in [`NEXTHOPS`]) for [`NEXTHOP_TTL_TICKS`],
+//! so an established flow's packet costs one array read instead of a FIB lookup; a new flow
+//! resolves afresh, and the agent clears the entry whenever it writes the target.
+//!
+//! The reply direction is [`reply_next_hop`]: the pod interface's TC program, after reverse
+//! NAT, transmits the reply straight out of the uplink the FIB names.
+use crate::maps::{count, INTERFACES, NEXTHOPS};
+use crate::parse::Packet;
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect},
+    programs::XdpContext,
+};
+use tether_common::{Counter, InterfaceRole, NextHop, NextHopVerdict, NEXTHOP_TTL_TICKS};
+
+const AF_INET: u8 = 2;
+/// `BPF_FIB_LKUP_RET_SUCCESS` and `BPF_FIB_LKUP_RET_NO_NEIGH`.
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+
+/// `struct bpf_fib_lookup` (64 bytes), IPv4 fields only; the unions are flattened to the
+/// members tether uses. Addresses and ports in network byte order.
+#[repr(C)]
+pub struct FibParams {
+    pub family: u8,
+    pub l4_protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// In: the packet's total length, or 0 to skip the MTU check. Out: the MTU, on
+    /// `FRAG_NEEDED` (and in TC on success).
+    pub tot_len: u16,
+    /// In: the ingress interface. Out: the egress interface.
+    pub ifindex: u32,
+    pub tos: u32,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub vlan: u32,
+    /// In: the first four bytes are the mark (0). Out: source MAC, then destination MAC.
+    pub macs: [u8; 12],
+}
+
+const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+
+impl FibParams {
+    #[inline(always)]
+    pub fn ipv4(ifindex: u32, protocol: u8, tos: u8, src: [u8; 4], dst: [u8; 4]) -> Self {
+        Self {
+            family: AF_INET,
+            l4_protocol: protocol,
+            sport: 0,
+            dport: 0,
+            tot_len: 0,
+            ifindex,
+            tos: u32::from(tos),
+            src: [u32::from_ne_bytes(src), 0, 0, 0],
+            dst: [u32::from_ne_bytes(dst), 0, 0, 0],
+            vlan: 0,
+            macs: [0; 12],
+        }
+    }
+
+    /// The Ethernet addresses in header order: destination, then source.
+    #[inline(always)]
+    pub fn header_macs(&self) -> [u8; 12] {
+        let m = &self.macs;
+        [
+            m[6], m[7], m[8], m[9], m[10], m[11], m[0], m[1], m[2], m[3], m[4], m[5],
+        ]
+    }
+
+    /// Runs the lookup; `ctx` is the program's context (`xdp_md` or `__sk_buff`).
+    #[inline(always)]
+    pub fn lookup(&mut self, ctx: *mut core::ffi::c_void) -> i64 {
+        count(Counter::ROUTE_LOOKUPS);
+        // SAFETY: `self` is a 64-byte `struct bpf_fib_lookup` on the stack.
+        unsafe { bpf_fib_lookup(ctx, (self as *mut Self).cast(), 64, 0) }
+    }
+}
+
+/// The roles and MTU the agent recorded for `ifindex`: roles in the low 16 bits, MTU above.
+#[inline(always)]
+pub fn interface(ifindex: u32) -> Option<(u32, u16)> {
+    // SAFETY: a value pointer from a lookup, read at once.
+    let value = unsafe { *INTERFACES.get(&ifindex)? };
+    Some((value & 0xffff, (value >> 16) as u16))
+}
+
+/// The verdict for a packet just DNATed to `target_id`: `XDP_REDIRECT` into the pod interface
+/// the target is reached through, or `XDP_PASS`. `fresh` (a new flow) resolves the route
+/// afresh instead of trusting the cache.
+#[inline(always)]
+pub fn to_target(ctx: &XdpContext, packet: &Packet, target_id: u32, fresh: bool) -> u32 {
+    let Some(hop) = NEXTHOPS.get_ptr_mut(target_id) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bpf_jiffies64 has no preconditions (the verifier inlines it into a load).
+    let now = unsafe { bpf_jiffies64() };
+    // SAFETY: a value pointer from a lookup; this CPU's copy is read and written at once (a
+    // racing CPU writes an equally valid answer).
+    unsafe {
+        if fresh || (*hop).expires <= now {
+            resolve(ctx, packet, hop, now);
+        }
+        let hop = &*hop;
+        let ip = packet.ip;
+        if hop.verdict != NextHopVerdict::REDIRECT || packet.total_len > hop.mtu || (*ip).ttl <= 1 {
+            return xdp_action::XDP_PASS;
+        }
+        // What the stack's forwarding would do: one hop less, the next hop's addresses.
+        (*ip).ttl -= 1;
+        let check = u32::from((*ip).check) + u32::from(0x0100u16.to_be());
+        (*ip).check = (check + (check >> 16)) as u16;
+        // As 16-bit words (the frame is 2-byte aligned, the map value 8-byte aligned), without
+        // overlap: LLVM inlines that as six loads and stores, where a plain array assignment
+        // becomes a call to a byte-by-byte memmove.
+        core::ptr::copy_nonoverlapping(hop.macs.as_ptr().cast::<u16>(), packet.eth as *mut u16, 6);
+        count(Counter::REDIRECTED);
+        bpf_redirect(hop.ifindex, 0) as u32
+    }
+}
+
+/// Asks the FIB for the route to the packet's (new) destination and caches the answer.
+#[inline(always)]
+unsafe fn resolve(ctx: &XdpContext, packet: &Packet, hop: *mut NextHop, now: u64) {
+    unsafe {
+        let ip = packet.ip;
+        let mut params = FibParams::ipv4(
+            (*ctx.ctx).ingress_ifindex,
+            packet.protocol,
+            (*ip).tos,
+            core::mem::transmute::<[u16; 2], [u8; 4]>((*ip).src),
+            core::mem::transmute::<[u16; 2], [u8; 4]>((*ip).dst),
+        );
+        let rc = params.lookup(ctx.ctx.cast());
+        if rc == FIB_NO_NEIGH {
+            // The stack resolves the neighbour; ask again with the next packet.
+            (*hop).verdict = NextHopVerdict::UNRESOLVED;
+            (*hop).expires = 0;
+            return;
+        }
+        let pod = match interface(params.ifindex) {
+            Some((roles, mtu)) if rc == FIB_SUCCESS && roles & InterfaceRole::POD != 0 => Some(mtu),
+            _ => None,
+        };
+        (*hop).expires = now + NEXTHOP_TTL_TICKS;
+        match pod {
+            Some(mtu) => {
+                (*hop).macs = params.header_macs();
+                (*hop).ifindex = params.ifindex;
+                (*hop).mtu = mtu;
+                (*hop).verdict = NextHopVerdict::REDIRECT;
+            }
+            None => (*hop).verdict = NextHopVerdict::STACK,
+        }
+    }
+}
