@@ -8,7 +8,7 @@
 //! and its link pinned. Links of interfaces no longer configured are unpinned, which detaches
 //! them.
 use super::maps::Maps;
-use super::pins::{mode_name, LinkPin, Pins};
+use super::pins::{mode_name, unpin_link, LinkPin, Pins};
 use super::Error;
 use crate::model::XdpMode;
 use aya::programs::links::{FdLink, PinnedLink};
@@ -85,10 +85,7 @@ impl Kernel {
                 LinkPin::FromPod { .. } => continue,
             } && interfaces.iter().any(|i| i == link.interface());
             if !keep {
-                std::fs::remove_file(&path).map_err(|source| Error::Io {
-                    what: format!("unpin {}", path.display()),
-                    source,
-                })?;
+                unpin_link(&path)?;
                 changes.push(format!("detached {}", link.file_name()));
             }
         }
@@ -118,10 +115,7 @@ impl Kernel {
                 if pods.contains(&(interface.as_str(), *ifindex)) {
                     attached.push((interface.clone(), *ifindex));
                 } else {
-                    std::fs::remove_file(&path).map_err(|source| Error::Io {
-                        what: format!("unpin {}", path.display()),
-                        source,
-                    })?;
+                    unpin_link(&path)?;
                     changes.push(format!("detached {}", link.file_name()));
                 }
             }

@@ -226,7 +226,7 @@ impl Pins {
             })
         };
         for (path, _) in self.links() {
-            remove(&path)?;
+            unpin_link(&path)?;
             removed.links.push(path);
         }
         for spec in &MAP_SPECS {
@@ -292,6 +292,61 @@ fn mount_bpffs(path: &Path) -> Result<(), Error> {
     }
     tracing::info!(path = %path.display(), "mounted bpffs");
     Ok(())
+}
+
+/// Detaches the program of the link pinned at `path`, then removes the pin. Removing the pin
+/// alone detaches too, but only once bpffs frees the inode after an RCU grace period and a
+/// workqueue pass: the program would go on steering for a moment after `tether cleanup`
+/// returned. `BPF_LINK_DETACH` (Linux 5.9) detaches at once; a link that is already defunct (its
+/// interface gone) has nothing to detach.
+pub fn unpin_link(path: &Path) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    if let Ok(file) = CString::new(path.as_os_str().as_bytes()) {
+        // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+        #[repr(C)]
+        struct ObjGet {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+        }
+        let mut get = ObjGet {
+            pathname: file.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+        };
+        const BPF_OBJ_GET: libc::c_long = 7;
+        const BPF_LINK_DETACH: libc::c_long = 34;
+        // SAFETY: the attr is a live, correctly sized struct; the fd is owned below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                &mut get as *mut ObjGet,
+                std::mem::size_of::<ObjGet>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a descriptor BPF_OBJ_GET just returned to this process.
+            let link =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            // union bpf_attr for BPF_LINK_DETACH: link_fd.
+            let mut detach = [0u32; 2];
+            detach[0] = link.as_raw_fd() as u32;
+            // SAFETY: as above. Failure (a defunct link) leaves nothing attached anyway.
+            let _ = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_LINK_DETACH,
+                    detach.as_mut_ptr(),
+                    std::mem::size_of_val(&detach),
+                )
+            };
+        }
+    }
+    std::fs::remove_file(path).map_err(|source| Error::Io {
+        what: format!("unpin {}", path.display()),
+        source,
+    })
 }
 
 #[cfg(test)]
