@@ -71,6 +71,12 @@ pub const META_MAP: &str = "TETHER_META";
 /// the agent only clears an entry when it writes that target, so a changed target is
 /// resolved afresh.
 pub const NEXTHOPS_MAP: &str = "TETHER_NEXTHOPS";
+/// `PerCpuArray<FlowCacheEntry>` of [`FLOW_CACHE_SLOTS`]: each CPU's direct-mapped cache of
+/// flows pinned to active targets, in front of the flow tables (as Open vSwitch's exact-match
+/// cache sits in front of its classifier). An established packet that hits it costs an inlined
+/// array read and a key compare instead of a hash-table lookup. Owned by the kernel program;
+/// the flow tables stay the truth (see the program's module comment for the rules).
+pub const FLOW_CACHE_MAP: &str = "TETHER_FCACHE";
 /// `HashMap<u32, u32>`: ifindex → [`InterfaceRole`] bits, written by the agent. The kernel
 /// programs transmit directly only into interfaces listed here with the right role.
 pub const INTERFACES_MAP: &str = "TETHER_IFACES";
@@ -116,7 +122,7 @@ const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32) -> MapS
 
 /// Every map, in the order the agent pins and checks them. The kernel program declares the
 /// same maps (`ebpf/src/maps.rs`); the kernel tests check the two agree.
-pub const MAP_SPECS: [MapSpec; 14] = [
+pub const MAP_SPECS: [MapSpec; 15] = [
     spec::<u32, u64>(META_MAP, MapKind::Array, META_COUNT),
     spec::<u32, u64>(PORTS_MAP, MapKind::Array, PORT_WORDS),
     spec::<ServiceKey, ServiceEntry>(SERVICES_MAP, MapKind::Hash, MAX_SERVICES),
@@ -131,6 +137,7 @@ pub const MAP_SPECS: [MapSpec; 14] = [
     spec::<u32, TrafficCounters>(TARGET_COUNTERS_MAP, MapKind::PerCpuArray, MAX_TARGETS),
     spec::<u32, NextHop>(NEXTHOPS_MAP, MapKind::Array, MAX_TARGETS),
     spec::<u32, u32>(INTERFACES_MAP, MapKind::Hash, MAX_INTERFACES),
+    spec::<u32, FlowCacheEntry>(FLOW_CACHE_MAP, MapKind::PerCpuArray, FLOW_CACHE_SLOTS),
 ];
 
 /// Capacity of [`SERVICES_MAP`], and the bound on service ids.
@@ -147,6 +154,10 @@ pub const MAGLEV_SIZE: u32 = 4093;
 pub const MAX_TCP_FLOWS: u32 = 131_072;
 /// Capacity of [`UDP_FLOWS4_MAP`] and [`UDP_REPLIES4_MAP`].
 pub const MAX_UDP_FLOWS: u32 = 65_536;
+/// log2 of [`FLOW_CACHE_SLOTS`].
+pub const FLOW_CACHE_BITS: u32 = 13;
+/// Slots of [`FLOW_CACHE_MAP`] per CPU: 8192 × 24 bytes = 192 KiB per CPU.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
 /// Capacity of [`INTERFACES_MAP`]: uplinks plus pod interfaces on one node.
 pub const MAX_INTERFACES: u32 = 4096;
 /// How long a resolved [`NextHop`] is trusted, in kernel ticks (`jiffies`: 0.25 s to 2.5 s
@@ -572,6 +583,26 @@ pub struct FlowEntry {
     pub service_id: u32,
 }
 
+/// Value of [`FLOW_CACHE_MAP`]: a flow and its target. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    pub key: FlowKeyV4,
+    /// [`Protocol`] of the flow; 0 in a slot never filled.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    pub flow: FlowEntry,
+}
+
+/// The [`FLOW_CACHE_MAP`] slot of a flow: a multiplicative hash of its key (collisions only
+/// cost a miss, the key is compared in full).
+#[inline(always)]
+pub const fn flow_cache_slot(key: &FlowKeyV4) -> u32 {
+    let ports = (key.src_port as u32) | ((key.dst_port as u32) << 16);
+    let h = u32::from_ne_bytes(key.src) ^ u32::from_ne_bytes(key.dst).rotate_left(16) ^ ports;
+    h.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_BITS)
+}
+
 /// Value of the reply tables: what a reply's source is rewritten to. 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -659,6 +690,7 @@ const _: () = {
     assert!(core::mem::size_of::<ReplyEntryV4>() == 16);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
     assert!(core::mem::size_of::<NextHop>() == 32);
+    assert!(core::mem::size_of::<FlowCacheEntry>() == 24);
     assert!((MAX_SERVICES as u64) * (MAGLEV_SIZE as u64) < u32::MAX as u64);
     assert!(MAX_TARGETS < NO_TARGET);
     assert!(COUNTER_NAMES.len() == COUNTER_COUNT as usize);
@@ -667,8 +699,8 @@ const _: () = {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry,
-        TrafficCounters,
+        FlowCacheEntry, FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey,
+        TargetEntry, TrafficCounters,
     };
 
     // SAFETY (all): plain `#[repr(C)]` data with no implicit padding (checked by the layout
@@ -681,6 +713,7 @@ mod user {
     unsafe impl aya::Pod for ReplyEntryV4 {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for FlowCacheEntry {}
 }
 
 #[cfg(test)]

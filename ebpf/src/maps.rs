@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use tether_common::{
-    FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry,
+    FlowCacheEntry, FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry,
     TrafficCounters, COUNTER_COUNT, MAGLEV_SIZE, MAX_INTERFACES, MAX_SERVICES, MAX_TARGETS,
-    MAX_TCP_FLOWS, MAX_UDP_FLOWS, META_COUNT, PORT_WORDS,
+    MAX_TCP_FLOWS, MAX_UDP_FLOWS, META_COUNT, PORT_WORDS, FLOW_CACHE_SLOTS,
 };
 
 // The names must match tether_common's *_MAP constants (an attribute cannot take a const);
@@ -56,6 +56,10 @@ pub static SERVICE_COUNTERS: PerCpuArray<TrafficCounters> =
 #[map(name = "TETHER_TGT_CNT")]
 pub static TARGET_COUNTERS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_TARGETS, 0);
+
+#[map(name = "TETHER_FCACHE")]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 #[map(name = "TETHER_NEXTHOPS")]
 pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(MAX_TARGETS, 0);

@@ -21,18 +21,31 @@
 //! through when the agent listed one (`XDP_REDIRECT`, see `route`), and goes up the stack
 //! otherwise (`XDP_PASS`), which routes it to the pod.
 //!
-//! The established path is kept to one hash lookup (the flow), one inlined array lookup (the
-//! target) and per-CPU counters; everything else waits for the slow path.
+//! The established path starts at each CPU's flow cache (a direct-mapped array: an inlined read
+//! and a key compare), which holds flows pinned to *active* targets only. A hit whose target is
+//! still active and of the flow's service is steered from there; anything else (a miss, a SYN,
+//! a target that turned draining or was removed) goes to the flow tables, which stay the truth,
+//! and the rules above. So a flow whose target changes state leaves the cache at its next
+//! packet. A flow steered on two CPUs at once could, like with Katran's per-CPU flow tables,
+//! see its two caches disagree only if its table entry was evicted and re-picked onto another
+//! target meanwhile; flows stay on one CPU in practice (RSS, RPS).
+//!
+//! Behind the cache, the established path is one hash lookup (the flow), one inlined array
+//! lookup (the target) and per-CPU counters; everything else waits for the slow path.
 use crate::{
     csum,
-    maps::{count, count_traffic, flows4, replies4, Traffic, MAGLEV, PORTS, SERVICES, TARGETS},
+    maps::{
+        count, count_traffic, flows4, replies4, Traffic, FLOW_CACHE, MAGLEV, PORTS, SERVICES,
+        TARGETS,
+    },
     parse::{self, Packet},
     route,
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use core::mem::transmute;
 use tether_common::{
-    client_hash_v4, flow_hash_v4, maglev_slot, port_bit, AddressFamily, Counter, FlowEntry,
+    client_hash_v4, flow_cache_slot, flow_hash_v4, maglev_slot, port_bit, AddressFamily, Counter,
+    FlowCacheEntry, FlowEntry,
     FlowKeyV4, Hashing, Protocol, ReplyEntryV4, ServiceKey, TargetEntry, TargetState,
     MAGLEV_PROBES, MAGLEV_SIZE,
 };
@@ -78,6 +91,34 @@ pub fn steer(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn steer_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: FlowKeyV4) -> u32 {
     let syn = TCP && packet.is_syn();
+    let protocol = if TCP { Protocol::TCP } else { Protocol::UDP };
+    let cache = FLOW_CACHE.get_ptr_mut(flow_cache_slot(&key));
+    // The flow cache: flows of active targets (see the module comment). SYNs skip it: whether
+    // one keeps its flow's target is for the flow tables' rules.
+    if let (Some(cached), false) = (cache, syn) {
+        // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+        let cached = unsafe { &*cached };
+        if cached.protocol == protocol && same_key(&cached.key, &key) {
+            let flow = cached.flow;
+            if let Some(target) = TARGETS.get_ptr(flow.target_id) {
+                // SAFETY: a value pointer from a lookup, read at once.
+                let target = unsafe { &*target };
+                if target.state == TargetState::ACTIVE && target.service_id == flow.service_id {
+                    count_traffic(
+                        flow.service_id,
+                        flow.target_id,
+                        Traffic {
+                            bytes: u64::from(packet.total_len),
+                            new_flow: false,
+                            drained: false,
+                        },
+                    );
+                    dnat(packet, target);
+                    return route::to_target(ctx, packet, flow.target_id, false);
+                }
+            }
+        }
+    }
     // Established flows.
     // By reference: by value, the key would be copied to another stack slot first.
     #[allow(clippy::needless_borrows_for_generic_args)]
@@ -95,6 +136,8 @@ fn steer_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: FlowKeyV4
                 let drained = state == TargetState::DRAINING;
                 if drained {
                     count(Counter::DRAINED_PACKETS);
+                } else {
+                    remember(cache, key, protocol, flow);
                 }
                 count_traffic(
                     flow.service_id,
@@ -110,12 +153,47 @@ fn steer_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: FlowKeyV4
             }
         }
     }
-    new_flow::<TCP>(ctx, packet, &key, syn)
+    new_flow::<TCP>(ctx, packet, &key, syn, cache)
+}
+
+/// Whether two flow keys are the same 12 bytes, compared as three words.
+#[inline(always)]
+fn same_key(a: &FlowKeyV4, b: &FlowKeyV4) -> bool {
+    // SAFETY: FlowKeyV4 is 12 bytes of plain data; read as words by value.
+    let (a, b) = unsafe {
+        (
+            transmute::<FlowKeyV4, [u32; 3]>(*a),
+            transmute::<FlowKeyV4, [u32; 3]>(*b),
+        )
+    };
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2]
+}
+
+/// Puts a flow of an active target in this CPU's cache slot.
+#[inline(always)]
+fn remember(cache: Option<*mut FlowCacheEntry>, key: FlowKeyV4, protocol: u8, flow: FlowEntry) {
+    if let Some(slot) = cache {
+        // SAFETY: this CPU's slot (see steer_flow).
+        unsafe {
+            *slot = FlowCacheEntry {
+                key,
+                protocol,
+                _pad: [0; 3],
+                flow,
+            };
+        }
+    }
 }
 
 /// A packet of no usable flow: a Maglev pick over the service's active targets.
 #[inline(always)]
-fn new_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: &FlowKeyV4, syn: bool) -> u32 {
+fn new_flow<const TCP: bool>(
+    ctx: &XdpContext,
+    packet: &Packet,
+    key: &FlowKeyV4,
+    syn: bool,
+    cache: Option<*mut FlowCacheEntry>,
+) -> u32 {
     // SAFETY: [u8; 4] and [u16; 2] are the same 4 bytes.
     let (src, dst) = unsafe {
         (
@@ -189,6 +267,12 @@ fn new_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: &FlowKeyV4,
     {
         count(Counter::FLOW_INSERT_ERRORS);
     }
+    remember(
+        cache,
+        *key,
+        if TCP { Protocol::TCP } else { Protocol::UDP },
+        flow,
+    );
     // UDP has no handshake: any datagram of no usable flow starts one.
     let new = syn || !TCP;
     count(if new {

@@ -167,6 +167,12 @@ impl Kernel {
         self.flow_table(TCP_FLOWS4_MAP)
     }
 
+    /// The TCP flow table, writable.
+    fn flow_table_mut(&mut self) -> HashMap<&mut MapData, FlowKeyV4, FlowEntry> {
+        HashMap::try_from(self.ebpf.map_mut(TCP_FLOWS4_MAP).expect("flows map"))
+            .expect("flows map has the FlowKeyV4/FlowEntry layout")
+    }
+
     fn flow_table(&self, name: &str) -> HashMap<&MapData, FlowKeyV4, FlowEntry> {
         HashMap::try_from(self.ebpf.map(name).expect("flows map"))
             .expect("flows map has the FlowKeyV4/FlowEntry layout")
@@ -1529,4 +1535,68 @@ fn an_expired_route_and_every_new_flow_ask_the_fib_again() {
         2 + u64::from(port - CLIENT_PORT)
     );
     assert_eq!(kernel.nexthop(target).verdict, NextHopVerdict::STACK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The per-CPU flow cache
+
+/// Pins the calling thread to one CPU: the flow cache is per CPU, and test runs execute on the
+/// caller's CPU.
+fn stay_on_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity on it are sound.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn the_flow_cache_serves_active_flows_and_never_a_draining_one() {
+    if !privileged("the_flow_cache_serves_active_flows_and_never_a_draining_one") {
+        return;
+    }
+    stay_on_one_cpu();
+    let mut kernel = kernel_with_service();
+    let pinned = kernel.steered_to(&syn(CLIENT_PORT));
+    let key = FlowKeyV4::new(CLIENT, CLIENT_PORT, VIP, VIP_PORT);
+
+    // With the flow table's entry gone (say evicted), the cache still knows the flow: no
+    // re-pick, same target. Moving every Maglev slot away shows it is not a re-pick that
+    // happened to land on the same target.
+    let others: Vec<u32> = [A, B, C].into_iter().filter(|&t| t != pinned).collect();
+    kernel.set_row(SERVICE, &others);
+    let mut flows = kernel.flow_table_mut();
+    flows.remove(&key).expect("delete the flow");
+    for _ in 0..3 {
+        assert_eq!(kernel.steered_to(&data(CLIENT_PORT)), pinned);
+    }
+    assert_eq!(kernel.counters().get(Counter::REPICKED), 0);
+    assert_eq!(kernel.target_traffic(pinned).packets, 4);
+
+    // A draining target is never served from the cache: the flow table decides, and without
+    // an entry there the packet is re-picked over the active targets.
+    kernel.set_state(pinned, TargetState::DRAINING);
+    let moved = kernel.steered_to(&data(CLIENT_PORT));
+    assert!(
+        others.contains(&moved),
+        "went to {moved}, pinned was {pinned}"
+    );
+    assert_eq!(kernel.counters().get(Counter::REPICKED), 1);
+    // The re-pick is cached in turn.
+    assert_eq!(kernel.steered_to(&data(CLIENT_PORT)), moved);
+    assert_eq!(kernel.counters().get(Counter::REPICKED), 1);
+
+    // A removed target is not served from the cache either.
+    kernel.remove_target(moved);
+    let mut flows = kernel.flow_table_mut();
+    flows.remove(&key).expect("delete the flow");
+    let last = kernel.steered_to(&data(CLIENT_PORT));
+    assert!(last != moved && last != pinned, "went to {last}");
+    assert_eq!(kernel.counters().get(Counter::REPICKED), 2);
 }

@@ -56,6 +56,9 @@ const SELF_TARGET: u32 = 100;
 /// The VIP itself again, with a cached route to a pod interface: the redirected fixture.
 const SELF_REDIRECT_TARGET: u32 = 101;
 const REDIRECT_PORT: u16 = CLIENT_PORT + 1;
+/// The VIP itself once more, draining: its flow is never served from the flow cache.
+const SELF_DRAINING_TARGET: u32 = 102;
+const DRAINING_PORT: u16 = CLIENT_PORT + 2;
 const POD_PORT: u16 = 8080;
 /// The SYN chain: services `CHAIN_SERVICES + k` at `chain_vip(k)`, target `CHAIN_TARGETS + k`
 /// pointing at `chain_vip(k + 1)`; a SYN's repeats walk it (see the module comment).
@@ -204,6 +207,11 @@ impl Kernel {
                 0,
             )?;
         }
+        targets.set(
+            SELF_DRAINING_TARGET,
+            TargetEntry::ipv4(SERVICE, VIP, VIP_PORT, 0, TargetState::DRAINING),
+            0,
+        )?;
         // The route the program would have cached for a pod behind a pod interface: the
         // fixture's own MAC addresses, so only the TTL changes.
         let frame = established_redirected();
@@ -246,6 +254,7 @@ impl Kernel {
         for (port, target_id) in [
             (CLIENT_PORT, SELF_TARGET),
             (REDIRECT_PORT, SELF_REDIRECT_TARGET),
+            (DRAINING_PORT, SELF_DRAINING_TARGET),
         ] {
             flows.insert(
                 FlowKeyV4::new(CLIENT, port, VIP, VIP_PORT),
@@ -421,6 +430,21 @@ impl Kernel {
             "established: XDP_PASS, flow hit, DNAT to the VIP itself (packet unchanged)".into(),
         );
 
+        let draining = established_draining();
+        let drained = self.counter(Counter::DRAINED_PACKETS)?;
+        let (verdict, out) = self.run(XDP_PROGRAM, &draining)?;
+        ensure!(
+            verdict == XDP_PASS
+                && out == draining
+                && self.counter(Counter::DRAINED_PACKETS)? == drained + 1,
+            "the draining fixture should pass unchanged, counted as drained (verdict {verdict})"
+        );
+        checks.push(
+            "established-draining: XDP_PASS, flow-table hit (draining targets skip the flow \
+             cache), counted drained"
+                .into(),
+        );
+
         let redirected = established_redirected();
         let before = self.target_packets(SELF_REDIRECT_TARGET)?;
         let (verdict, out) = self.run(XDP_PROGRAM, &redirected)?;
@@ -503,8 +527,9 @@ impl Kernel {
         let Options { rounds, repeat } = options;
         let established = established();
         let redirected = established_redirected();
-        let repeated: [(&str, Vec<u8>); 3] = [
+        let repeated: [(&str, Vec<u8>); 4] = [
             ("established", established.clone()),
+            ("established-draining", established_draining()),
             ("miss-port", miss_port()),
             ("miss-vip", miss_vip()),
         ];
@@ -632,8 +657,15 @@ fn fixture(key: &'static str, rounds: Vec<f64>, ratios: Option<Vec<f64>>) -> Fix
         ),
         "established" => (
             "established flow",
-            "TCP data packet of a known flow: port bitmap, flow lookup (LRU hash), target read, \
-             counters, DNAT with incremental checksums",
+            "TCP data packet of a known flow to an active target: port bitmap, flow-cache hit \
+             (per-CPU array read, key compare), target read, counters, DNAT with incremental \
+             checksums; the cached route says the stack forwards (XDP_PASS)",
+        ),
+        "established-draining" => (
+            "established, draining target",
+            "the same to a draining target, which the flow cache never serves: the flow-table \
+             lookup (LRU hash) as well, and the drained counters; also what a flow-cache miss \
+             costs",
         ),
         "established-redirect" => (
             "established, redirected",
@@ -706,6 +738,18 @@ fn established() -> Vec<u8> {
 }
 
 /// The established flow of the redirected target, TTL 255 (see the module comment).
+/// The established flow of the draining target.
+fn established_draining() -> Vec<u8> {
+    tcp(
+        CLIENT,
+        DRAINING_PORT,
+        VIP,
+        VIP_PORT,
+        PSH_ACK,
+        b"GET / HTTP/1.1\r\n\r\n",
+    )
+}
+
 fn established_redirected() -> Vec<u8> {
     let frame = tcp(
         CLIENT,
@@ -820,6 +864,7 @@ mod tests {
         for frame in [
             established(),
             established_redirected(),
+            established_draining(),
             syn(1234, VIP),
             miss_port(),
             miss_vip(),
