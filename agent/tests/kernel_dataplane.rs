@@ -503,6 +503,30 @@ fn ready(test: &str) -> bool {
     true
 }
 
+/// Opens a long-lived connection, then drains its pod (weight 0) and waits for the maps to show
+/// it: the connection, its pod's name and index.
+fn drain_a_long_connections_pod(lab: &Lab) -> Result<(Connection, String, usize)> {
+    let mut long = lab.connect()?;
+    let pinned = long.ask("first")?;
+    let pinned_pod = pod_index(&pinned)?;
+    let mut targets = all_active();
+    targets[pinned_pod].1 = 0;
+    let states: Vec<(usize, &str)> = (0..PODS)
+        .map(|pod| {
+            (
+                pod,
+                if pod == pinned_pod {
+                    "draining"
+                } else {
+                    "active"
+                },
+            )
+        })
+        .collect();
+    lab.reconfigure(&targets, &states)?;
+    Ok((long, pinned, pinned_pod))
+}
+
 fn all_active() -> Vec<(usize, u32)> {
     (0..PODS).map(|pod| (pod, 100)).collect()
 }
@@ -527,24 +551,7 @@ fn drained_flows_stay_and_survive_an_agent_restart() -> Result<()> {
     assert_eq!(first.len(), PODS, "every pod gets connections: {first:?}");
 
     // A long-lived connection, and its pod drained.
-    let mut long = lab.connect()?;
-    let pinned = long.ask("first")?;
-    let pinned_pod = pod_index(&pinned)?;
-    let mut targets = all_active();
-    targets[pinned_pod].1 = 0;
-    let states: Vec<(usize, &str)> = (0..PODS)
-        .map(|pod| {
-            (
-                pod,
-                if pod == pinned_pod {
-                    "draining"
-                } else {
-                    "active"
-                },
-            )
-        })
-        .collect();
-    lab.reconfigure(&targets, &states)?;
+    let (mut long, pinned, pinned_pod) = drain_a_long_connections_pod(&lab)?;
     for i in 0..5 {
         assert_eq!(long.ask(&format!("while draining {i}"))?, pinned);
     }
@@ -768,24 +775,7 @@ fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
     );
 
     // Drain on the redirect path: the long connection keeps its pod, new ones avoid it.
-    let mut long = lab.connect()?;
-    let pinned = long.ask("first")?;
-    let pinned_pod = pod_index(&pinned)?;
-    let mut targets = all_active();
-    targets[pinned_pod].1 = 0;
-    let states: Vec<(usize, &str)> = (0..PODS)
-        .map(|pod| {
-            (
-                pod,
-                if pod == pinned_pod {
-                    "draining"
-                } else {
-                    "active"
-                },
-            )
-        })
-        .collect();
-    lab.reconfigure(&targets, &states)?;
+    let (mut long, pinned, _) = drain_a_long_connections_pod(&lab)?;
     let redirected = lab.counter("redirected")?;
     for i in 0..5 {
         assert_eq!(long.ask(&format!("while draining {i}"))?, pinned);

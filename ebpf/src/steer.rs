@@ -104,17 +104,7 @@ fn steer_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: FlowKeyV4
                 // SAFETY: a value pointer from a lookup, read at once.
                 let target = unsafe { &*target };
                 if target.state == TargetState::ACTIVE && target.service_id == flow.service_id {
-                    count_traffic(
-                        flow.service_id,
-                        flow.target_id,
-                        Traffic {
-                            bytes: u64::from(packet.total_len),
-                            new_flow: false,
-                            drained: false,
-                        },
-                    );
-                    dnat(packet, target);
-                    return route::to_target(ctx, packet, flow.target_id, false);
+                    return to_known_target(ctx, packet, flow, target, false, false);
                 }
             }
         }
@@ -139,21 +129,35 @@ fn steer_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: FlowKeyV4
                 } else {
                     remember(cache, key, protocol, flow);
                 }
-                count_traffic(
-                    flow.service_id,
-                    flow.target_id,
-                    Traffic {
-                        bytes: u64::from(packet.total_len),
-                        new_flow: false,
-                        drained,
-                    },
-                );
-                dnat(packet, target);
-                return route::to_target(ctx, packet, flow.target_id, syn);
+                return to_known_target(ctx, packet, flow, target, drained, syn);
             }
         }
     }
     new_flow::<TCP>(ctx, packet, &key, syn, cache)
+}
+
+/// A packet of a known flow to its (live) target: counters, DNAT, then into the pod interface
+/// or up the stack. `fresh` resolves the route afresh (a SYN).
+#[inline(always)]
+fn to_known_target(
+    ctx: &XdpContext,
+    packet: &Packet,
+    flow: FlowEntry,
+    target: &TargetEntry,
+    drained: bool,
+    fresh: bool,
+) -> u32 {
+    count_traffic(
+        flow.service_id,
+        flow.target_id,
+        Traffic {
+            bytes: u64::from(packet.total_len),
+            new_flow: false,
+            drained,
+        },
+    );
+    dnat(packet, target);
+    route::to_target(ctx, packet, flow.target_id, fresh)
 }
 
 /// Whether two flow keys are the same 12 bytes, compared as three words.

@@ -91,8 +91,10 @@ fn cost_panel(report: &Report) -> Panel<'static> {
                 },
                 label: Some(
                     match f.key {
-                        "empty" => "empty prog",
+                        "empty" => "empty",
                         "established" => "established",
+                        "established-redirect" => "redirected",
+                        "established-draining" => "draining",
                         "syn" => "SYN",
                         "miss-port" => "miss: port",
                         "miss-vip" => "miss: VIP",
@@ -173,7 +175,7 @@ fn throughput_panel(report: &Report, scenario: Scenario) -> Panel<'static> {
                     text
                 },
                 label: Some(format!(
-                    "{} ({})",
+                    "{}\n{}",
                     system.name(),
                     cell.node_cost
                         .map_or("-".into(), |c| format!("{c:.0} {}", cost_unit(scenario)))
@@ -251,7 +253,7 @@ fn draw_header<DB: DrawingBackend>(report: &Report, area: &DrawingArea<DB, Shift
     let m = &report.machine;
     let s = &report.settings;
     let title = format!(
-        "tether L4 bench: XDP ({}) vs nftables DNAT vs direct, {} s/cell",
+        "tether L4 bench (XDP {}), {} s/cell",
         s.xdp_mode, s.duration_s
     );
     let commit = m
@@ -316,8 +318,8 @@ fn draw_header<DB: DrawingBackend>(report: &Report, area: &DrawingArea<DB, Shift
         .map(|&system| {
             let text = match system {
                 System::Direct => "direct (no NAT)",
-                System::Tether => "tether (XDP redirect)",
-                System::TetherStack => "tether (XDP, stack forwards)",
+                System::Tether => "tether (redirect)",
+                System::TetherStack => "tether (stack path)",
                 System::Nftables => "nftables DNAT",
             };
             (text.to_string(), color(system))
@@ -340,7 +342,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title, (FAMILY, 17))
         .margin(16)
-        .x_label_area_size(40)
+        .x_label_area_size(52)
         .y_label_area_size(64)
         .build_cartesian_2d(-0.5..groups - 0.5, 0.0..top)
         .map_err(plot_error)?;
@@ -425,8 +427,15 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
                     .into_font()
                     .color(&BLACK)
                     .pos(Pos::new(HPos::Center, VPos::Top));
-                area.draw(&Text::new(label.clone(), (px - ox, py - oy + 8), style))
+                // One text per line: plotters draws no line breaks.
+                for (i, line) in (0i32..).zip(label.split('\n')) {
+                    area.draw(&Text::new(
+                        line.to_string(),
+                        (px - ox, py - oy + 8 + 15 * i),
+                        style.clone(),
+                    ))
                     .map_err(plot_error)?;
+                }
             }
         }
         if !group.name.is_empty() {
