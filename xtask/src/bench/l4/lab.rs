@@ -18,8 +18,10 @@
 //!   does to a packet (native XDP on a veth runs in its NAPI poll, then GRO, forwarding,
 //!   netfilter, TC egress, the transmit into the next veth) runs in those kthreads, whose CPU
 //!   time is the node's cost;
-//! - the client's and pods' veths have receive packet steering to the load CPU(s), so the
-//!   client's and pods' own receive processing does not run in the node's kthreads;
+//! - the client's and pods' veths have receive packet steering to the load CPU(s), and the
+//!   pods' veths GRO and threaded NAPI pinned there too (XDP frames redirected into a veth need
+//!   its peer's NAPI), so the client's and pods' own receive processing does not run in the
+//!   node's kthreads;
 //! - the client and pods send with TSO and GSO off: the node receives MTU-sized frames, as from
 //!   a NIC (GRO then merges them on the node, as a NIC driver's would). Their veths keep
 //!   veth's default `noqueue`: a full ring drops, as a NIC ring does; a qdisc would push back,
