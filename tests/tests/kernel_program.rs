@@ -257,16 +257,7 @@ impl Kernel {
             .expect("program")
             .try_into()
             .expect("XDP program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        run_once(program, packet)
     }
 
     fn run_tc(&self, packet: &[u8]) -> (u32, Vec<u8>) {
@@ -276,16 +267,7 @@ impl Kernel {
             .expect("program")
             .try_into()
             .expect("TC program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        run_once(program, packet)
     }
 
     /// Runs `program` `repeat` times on `packet` (the kernel reuses the buffer between runs)
@@ -352,6 +334,23 @@ impl Kernel {
     fn target_traffic(&self, id: u32) -> TrafficCounters {
         self.traffic(TARGET_COUNTERS_MAP, id)
     }
+}
+
+/// One test run of `program` on `packet`: the verdict and the packet that came out.
+fn run_once<P>(program: &P, packet: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
+{
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
 }
 
 #[derive(PartialEq, Eq)]
