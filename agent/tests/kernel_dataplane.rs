@@ -799,6 +799,19 @@ fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
     assert!(with_new.contains_key(&pod_name(PODS)), "{with_new:?}");
     assert_eq!(lab.node_forwarded()?, forwarded);
 
+    // A restarted agent swaps its program into the pinned pod-interface links and keeps them.
+    lab.stop_agent()?;
+    lab.start_agent()?;
+    let logs = lab.logs();
+    assert!(
+        logs.contains("TC ingress on p3: program replaced in the pinned link"),
+        "{logs}"
+    );
+    lab.wait_for_pod_links(&["p0", "p1", "p2", "p3"])?;
+    let forwarded = lab.node_forwarded()?;
+    spread(&lab, SPREAD)?;
+    assert_eq!(lab.node_forwarded()?, forwarded);
+
     // Without podInterfaces the stack forwards again, and the reply programs are detached.
     lab.pod_interfaces = false;
     lab.configure(&targets)?;

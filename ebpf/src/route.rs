@@ -11,8 +11,8 @@
 //! so an established flow's packet costs one array read instead of a FIB lookup; a new flow
 //! resolves afresh, and the agent clears the entry whenever it writes the target.
 //!
-//! The reply direction is [`reply_next_hop`]: the pod interface's TC program, after reverse
-//! NAT, transmits the reply straight out of the uplink the FIB names.
+//! The reply direction is in `reply.rs` (`to_client`): the pod interface's TC program, after
+//! reverse NAT, transmits the reply straight out of the uplink the FIB names.
 use crate::maps::{count, INTERFACES, NEXTHOPS};
 use crate::parse::Packet;
 use aya_ebpf::{
@@ -104,8 +104,9 @@ pub fn to_target(ctx: &XdpContext, packet: &Packet, target_id: u32, fresh: bool)
     };
     // SAFETY: bpf_jiffies64 has no preconditions (the verifier inlines it into a load).
     let now = unsafe { bpf_jiffies64() };
-    // SAFETY: a value pointer from a lookup; this CPU's copy is read and written at once (a
-    // racing CPU writes an equally valid answer).
+    // SAFETY: a value pointer from a lookup. The entry is shared by all CPUs: one resolving
+    // while another reads can at worst mix two answers for the same target, which agree
+    // unless the route changed in between; the entry is then resolved again within its TTL.
     unsafe {
         if fresh || (*hop).expires <= now {
             resolve(ctx, packet, hop, now);

@@ -105,14 +105,22 @@ impl Kernel {
 
     /// Makes the pinned attachments of the pod-interface reply program exactly the ingress of
     /// `pods`: new pod interfaces get it, links of interfaces gone or no longer matched are
-    /// unpinned (a link whose interface was deleted is defunct already). Returns a line per
-    /// change.
-    pub fn attach_pods(&mut self, pods: &[(&str, u32)]) -> Result<Vec<String>, Error> {
+    /// unpinned (a link whose interface was deleted is defunct already). With
+    /// `replace_programs` (the first call of a started agent, which may be an upgrade) the
+    /// links kept get the loaded program swapped in. Returns a line per change.
+    pub fn attach_pods(
+        &mut self,
+        pods: &[(&str, u32)],
+        replace_programs: bool,
+    ) -> Result<Vec<String>, Error> {
         let mut changes = Vec::new();
         let mut attached = Vec::new();
         for (path, link) in self.pins.links() {
             if let LinkPin::FromPod { interface, ifindex } = &link {
                 if pods.contains(&(interface.as_str(), *ifindex)) {
+                    if replace_programs {
+                        changes.push(self.attach_tc(&link, interface)?);
+                    }
                     attached.push((interface.clone(), *ifindex));
                 } else {
                     unpin_link(&path)?;
@@ -127,18 +135,6 @@ impl Kernel {
                     ifindex,
                 };
                 changes.push(self.attach_tc(&pin, pod)?);
-            }
-        }
-        Ok(changes)
-    }
-
-    /// Swaps the current program into every pinned pod-interface link (after an upgrade);
-    /// links that cannot take it are attached afresh.
-    pub fn refresh_pod_links(&mut self) -> Result<Vec<String>, Error> {
-        let mut changes = Vec::new();
-        for (_, link) in self.pins.links() {
-            if let LinkPin::FromPod { interface, .. } = &link {
-                changes.push(self.attach_tc(&link, interface)?);
             }
         }
         Ok(changes)

@@ -71,10 +71,7 @@ impl Mirror {
     pub fn clear_routes(&mut self) -> Result<(), Error> {
         let ids: Vec<u32> = self.state.used_target_ids().collect();
         for id in ids {
-            self.maps
-                .nexthops
-                .set(id, NextHop::UNRESOLVED, 0)
-                .map_err(map_error("clear a target's cached route"))?;
+            clear_route(&mut self.maps, id)?;
         }
         Ok(())
     }
@@ -117,9 +114,7 @@ impl Mirror {
                         .set(*id, *entry, 0)
                         .map_err(map_error("write target"))?;
                     // After the target: the next packet resolves the route for what it is now.
-                    maps.nexthops
-                        .set(*id, NextHop::UNRESOLVED, 0)
-                        .map_err(map_error("clear a target's cached route"))?;
+                    clear_route(maps, *id)?;
                 }
                 Op::SetSlots { service_id, slots } => {
                     let row = service_id * MAGLEV_SIZE;
@@ -153,6 +148,13 @@ impl Mirror {
         }
         Ok(())
     }
+}
+
+/// Clears target `id`'s cached route: the kernel program asks the FIB again at its next packet.
+fn clear_route(maps: &mut Maps, id: u32) -> Result<(), Error> {
+    maps.nexthops
+        .set(id, NextHop::UNRESOLVED, 0)
+        .map_err(map_error("clear a target's cached route"))
 }
 
 fn zeroed() -> Result<PerCpuValues<TrafficCounters>, Error> {

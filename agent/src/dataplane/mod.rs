@@ -200,8 +200,7 @@ impl Dataplane {
             warn!("{warning}");
         }
         let interfaces = InterfaceMirror::open(&mirror.maps().interfaces);
-        let mut changes = kernel.refresh_pod_links()?;
-        changes.extend(kernel.attach(&settings.interfaces, settings.xdp_mode)?);
+        let changes = kernel.attach(&settings.interfaces, settings.xdp_mode)?;
         for change in &changes {
             info!("dataplane: {change}");
         }
@@ -212,7 +211,7 @@ impl Dataplane {
             settings: settings.clone(),
             metrics,
         };
-        dataplane.refresh_interfaces()?;
+        dataplane.sync_interfaces(true)?;
         dataplane.record(&applied, started.elapsed());
         info!(
             object = %object.display(),
@@ -274,6 +273,12 @@ impl Dataplane {
     /// interfaces the node has now: called at start, on a settings change and every
     /// [`interfaces::RESCAN_INTERVAL`] (pod interfaces come and go with pods).
     pub fn refresh_interfaces(&mut self) -> Result<(), Error> {
+        self.sync_interfaces(false)
+    }
+
+    /// [`Dataplane::refresh_interfaces`]; `replace_programs` also swaps the loaded program into
+    /// the pod-interface links already pinned (at start, which may be an upgrade).
+    fn sync_interfaces(&mut self, replace_programs: bool) -> Result<(), Error> {
         let links = interfaces::list()?;
         let wanted = interfaces::desired(&self.settings, &links);
         let pods: Vec<(&str, u32)> = wanted
@@ -282,7 +287,7 @@ impl Dataplane {
             .map(|(ifindex, interface)| (interface.name.as_str(), *ifindex))
             .collect();
         // The reply program first: a pod interface the XDP program transmits into has it.
-        for change in self.kernel.attach_pods(&pods)? {
+        for change in self.kernel.attach_pods(&pods, replace_programs)? {
             info!("dataplane: {change}");
         }
         if self
