@@ -824,3 +824,71 @@ fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
     lab.stop_agent()?;
     Ok(())
 }
+
+/// A pod veth whose pod side has no NAPI (GRO off and no XDP program: a veth's default) cannot
+/// take XDP frames; the kernel would drop every frame redirected into it and the pod's
+/// connections would hang. Its flows take the stack's path (replies are still redirected);
+/// once the pod side turns GRO on, the rescan moves new packets to the redirect path, and
+/// back when it turns GRO off again.
+#[test]
+fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
+    if !ready("a_pod_veth_without_napi_is_served_by_the_stack") {
+        return Ok(());
+    }
+    let mut lab = Lab::redirecting("nonapi")?;
+    lab.pod_namespaces[0].set_gro("eth0", false)?;
+    let only_pod_0 = [(0, 100)];
+    lab.configure(&only_pod_0)?;
+    lab.start_agent()?;
+    lab.wait_for_pod_links(&["p0", "p1", "p2"])?;
+
+    let stack_path = |lab: &Lab| -> Result<()> {
+        let (forwarded, redirected, replies) = (
+            lab.node_forwarded()?,
+            lab.counter("redirected")?,
+            lab.counter("reply_redirected")?,
+        );
+        let served = spread(lab, SPREAD)?;
+        assert_eq!(served.get(&pod_name(0)), Some(&SPREAD), "{served:?}");
+        assert!(
+            lab.node_forwarded()? >= forwarded + 4 * SPREAD as u64,
+            "the stack forwards what XDP cannot transmit into the pod"
+        );
+        assert_eq!(lab.counter("redirected")?, redirected);
+        assert!(lab.counter("reply_redirected")? >= replies + 2 * SPREAD as u64);
+        Ok(())
+    };
+    stack_path(&lab)?;
+
+    // GRO on the pod side: the redirect path, within a rescan or two.
+    lab.pod_namespaces[0].set_gro("eth0", true)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let redirected = lab.counter("redirected")?;
+        spread(&lab, 3)?;
+        if lab.counter("redirected")? > redirected {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no packet redirected after GRO went on:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let forwarded = lab.node_forwarded()?;
+    let served = spread(&lab, SPREAD)?;
+    assert_eq!(served.get(&pod_name(0)), Some(&SPREAD), "{served:?}");
+    assert_eq!(lab.node_forwarded()?, forwarded);
+
+    // GRO off again: every connection still completes, through the stack once the rescan ran.
+    lab.pod_namespaces[0].set_gro("eth0", false)?;
+    std::thread::sleep(interfaces_rescan() * 3);
+    stack_path(&lab)?;
+    lab.stop_agent()?;
+    Ok(())
+}
+
+fn interfaces_rescan() -> Duration {
+    tether::dataplane::interfaces::RESCAN_INTERVAL
+}

@@ -228,6 +228,10 @@ impl InterfaceRole {
     /// A `dataplane.podInterfaces` match: XDP may transmit steered packets straight into it,
     /// and the TC program on its ingress reverse-NATs replies.
     pub const POD: u32 = 2;
+    /// The interface takes frames an XDP program transmits into it (`xdp-features` has
+    /// `ndo-xdp-xmit`; for a veth, its pod side has NAPI). XDP redirects only into pod
+    /// interfaces with this bit: the kernel would drop frames redirected into the others.
+    pub const XDP_TARGET: u32 = 4;
 }
 
 /// Values of [`NextHop::verdict`].

@@ -1,8 +1,8 @@
 //! Transmitting straight to the next hop, skipping the node's forwarding path.
 //!
 //! After DNAT, the XDP program asks the FIB (`bpf_fib_lookup`) where the target lives. When
-//! the route leads out of a pod interface the agent listed ([`InterfaceRole::POD`]), the frame
-//! gets the next hop's Ethernet addresses and a decremented TTL and is transmitted into that
+//! the route leads out of a pod interface the agent listed ([`InterfaceRole::POD`]) that takes
+//! XDP frames ([`InterfaceRole::XDP_TARGET`]: a veth whose pod side has NAPI), the frame gets the next hop's Ethernet addresses and a decremented TTL and is transmitted into that
 //! interface (`XDP_REDIRECT`): no skb is built on the node, no GRO, no netfilter, no routing.
 //! Anything else (a route elsewhere, an unresolved neighbour, a TTL about to expire, a packet
 //! over the interface's MTU) goes up the stack as before (`XDP_PASS`), which handles it fully.
@@ -90,7 +90,7 @@ impl FibParams {
 #[inline(always)]
 pub fn interface(ifindex: u32) -> Option<(u32, u16)> {
     // SAFETY: a value pointer from a lookup, read at once.
-    let value = unsafe { *INTERFACES.get(&ifindex)? };
+    let value = unsafe { *INTERFACES.get(ifindex)? };
     Some((value & 0xffff, (value >> 16) as u16))
 }
 
@@ -129,6 +129,9 @@ pub fn to_target(ctx: &XdpContext, packet: &Packet, target_id: u32, fresh: bool)
     }
 }
 
+/// Roles an interface needs for XDP to transmit into it: a pod interface that takes XDP frames.
+const REDIRECT_INTO: u32 = InterfaceRole::POD | InterfaceRole::XDP_TARGET;
+
 /// Asks the FIB for the route to the packet's (new) destination and caches the answer.
 #[inline(always)]
 unsafe fn resolve(ctx: &XdpContext, packet: &Packet, hop: *mut NextHop, now: u64) {
@@ -149,7 +152,9 @@ unsafe fn resolve(ctx: &XdpContext, packet: &Packet, hop: *mut NextHop, now: u64
             return;
         }
         let pod = match interface(params.ifindex) {
-            Some((roles, mtu)) if rc == FIB_SUCCESS && roles & InterfaceRole::POD != 0 => Some(mtu),
+            Some((roles, mtu)) if rc == FIB_SUCCESS && roles & REDIRECT_INTO == REDIRECT_INTO => {
+                Some(mtu)
+            }
             _ => None,
         };
         (*hop).expires = now + NEXTHOP_TTL_TICKS;

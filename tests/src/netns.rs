@@ -153,8 +153,13 @@ impl Netns {
     /// Turns GRO on for `interface` (`ethtool -K IF gro on`). On a veth that also turns on its
     /// NAPI, which it needs to take frames an XDP program transmits into its peer.
     pub fn enable_gro(&self, interface: &str) -> Result<()> {
+        self.set_gro(interface, true)
+    }
+
+    /// Turns GRO on or off for `interface` (`ethtool -K IF gro on|off`).
+    pub fn set_gro(&self, interface: &str, on: bool) -> Result<()> {
         let interface = interface.to_owned();
-        self.run(move || set_feature(&interface, ETHTOOL_SGRO, true))?
+        self.run(move || set_feature(&interface, ETHTOOL_SGRO, on))?
     }
 }
 

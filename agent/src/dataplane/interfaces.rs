@@ -78,39 +78,49 @@ pub fn matches(pattern: &str, name: &str) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
-/// What the map should hold for `links` (name, ifindex, MTU) under `settings`. An uplink is
-/// never also a pod interface.
-pub fn desired(
-    settings: &DataplaneSettings,
-    links: &[(String, u32, u16)],
-) -> BTreeMap<u32, Interface> {
+/// An interface of the agent's network namespace, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub ifindex: u32,
+    pub mtu: u16,
+    /// Whether it takes frames XDP transmits into it (see [`super::netdev`]).
+    pub takes_xdp_frames: bool,
+}
+
+/// What the map should hold for `links` under `settings`. An uplink is never also a pod
+/// interface; a pod interface that takes XDP frames also gets [`InterfaceRole::XDP_TARGET`].
+pub fn desired(settings: &DataplaneSettings, links: &[Link]) -> BTreeMap<u32, Interface> {
     let mut wanted = BTreeMap::new();
-    for (name, ifindex, mtu) in links {
-        let roles = if settings.interfaces.iter().any(|uplink| uplink == name) {
+    for link in links {
+        let roles = if settings.interfaces.contains(&link.name) {
             InterfaceRole::UPLINK
         } else if settings
             .pod_interfaces
             .iter()
-            .any(|pattern| matches(pattern, name))
+            .any(|pattern| matches(pattern, &link.name))
         {
-            InterfaceRole::POD
+            match link.takes_xdp_frames {
+                true => InterfaceRole::POD | InterfaceRole::XDP_TARGET,
+                false => InterfaceRole::POD,
+            }
         } else {
             continue;
         };
         wanted.insert(
-            *ifindex,
+            link.ifindex,
             Interface {
-                name: name.clone(),
+                name: link.name.clone(),
                 roles,
-                mtu: *mtu,
+                mtu: link.mtu,
             },
         );
     }
     wanted
 }
 
-/// The interfaces of the agent's network namespace: name, ifindex, MTU.
-pub fn list() -> Result<Vec<(String, u32, u16)>, Error> {
+/// The interfaces of the agent's network namespace.
+pub fn list() -> Result<Vec<Link>, Error> {
     let io = |what: &str| {
         let what = what.to_owned();
         move |source| Error::Io { what, source }
@@ -142,15 +152,37 @@ pub fn list() -> Result<Vec<(String, u32, u16)>, Error> {
     }
     // SAFETY: a fresh descriptor this function owns.
     let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(socket) };
+    let xdp_targets = match super::netdev::xdp_transmit_targets()
+        .map_err(io("ask the kernel which interfaces take XDP frames"))?
+    {
+        Some(targets) => targets,
+        None => {
+            if !NO_NETDEV_FAMILY_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "dataplane: the kernel does not say which interfaces take XDP frames \
+                     (no netdev netlink family, Linux < 6.3): pod traffic takes the stack path"
+                );
+            }
+            Default::default()
+        }
+    };
     let mut links = Vec::with_capacity(names.len());
     for (name, ifindex) in names {
         // An interface gone since the listing is simply left out.
         if let Some(mtu) = mtu(&socket, &name) {
-            links.push((name, ifindex, mtu));
+            links.push(Link {
+                name,
+                ifindex,
+                mtu,
+                takes_xdp_frames: xdp_targets.contains(&ifindex),
+            });
         }
     }
     Ok(links)
 }
+
+static NO_NETDEV_FAMILY_LOGGED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 fn mtu(socket: &std::os::fd::OwnedFd, name: &str) -> Option<u16> {
     use std::os::fd::AsRawFd;
@@ -264,11 +296,17 @@ mod tests {
             xdp_mode: XdpMode::Native,
             pod_interfaces: vec!["veth*".into(), "eth*".into()],
         };
+        let link = |name: &str, ifindex, mtu, takes_xdp_frames| Link {
+            name: name.to_owned(),
+            ifindex,
+            mtu,
+            takes_xdp_frames,
+        };
         let links = vec![
-            ("lo".to_owned(), 1, 65535),
-            ("eth0".to_owned(), 2, 1500),
-            ("veth1".to_owned(), 7, 1450),
-            ("eth1".to_owned(), 9, 9000),
+            link("lo", 1, 65535, false),
+            link("eth0", 2, 1500, true),
+            link("veth1", 7, 1450, false),
+            link("eth1", 9, 9000, true),
         ];
         let wanted = desired(&settings, &links);
         assert_eq!(wanted.len(), 3);
@@ -277,8 +315,16 @@ mod tests {
             InterfaceRole::UPLINK,
             "an uplink is never a pod interface"
         );
-        assert_eq!(wanted[&7].roles, InterfaceRole::POD);
+        assert_eq!(
+            wanted[&7].roles,
+            InterfaceRole::POD,
+            "no NAPI on the pod side"
+        );
         assert_eq!(wanted[&7].value(), InterfaceRole::POD | (1450 << 16));
+        assert_eq!(
+            wanted[&9].roles,
+            InterfaceRole::POD | InterfaceRole::XDP_TARGET
+        );
         assert_eq!(wanted[&9].mtu, 9000);
         assert!(!wanted.contains_key(&1));
     }

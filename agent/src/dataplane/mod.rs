@@ -14,6 +14,7 @@ mod kernel;
 pub mod maps;
 pub mod metrics;
 pub mod mirror;
+mod netdev;
 pub mod object;
 pub mod pins;
 pub mod plan;
@@ -298,6 +299,8 @@ impl Dataplane {
             info!(
                 uplinks = ?wanted.values().filter(|i| i.roles & tether_common::InterfaceRole::UPLINK != 0).map(|i| i.name.as_str()).collect::<Vec<_>>(),
                 pods = ?pods.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+                // Pod interfaces whose pod side has no NAPI take their packets from the stack.
+                redirect_into = ?wanted.values().filter(|i| i.roles & tether_common::InterfaceRole::XDP_TARGET != 0).map(|i| i.name.as_str()).collect::<Vec<_>>(),
                 "dataplane: interfaces updated"
             );
         }
