@@ -63,7 +63,7 @@ pub struct Options {
     systems: Vec<System>,
     /// Scenarios to run.
     #[arg(long, value_enum, value_delimiter = ',',
-          default_values_t = [Scenario::Bulk, Scenario::ConnRate])]
+          default_values_t = [Scenario::Bulk, Scenario::ConnRate, Scenario::Udp])]
     scenarios: Vec<Scenario>,
     /// Bulk: parallel TCP streams.
     #[arg(long, default_value_t = 4)]
@@ -153,6 +153,7 @@ impl System {
 pub enum Scenario {
     Bulk,
     ConnRate,
+    Udp,
 }
 
 impl Scenario {
@@ -160,6 +161,7 @@ impl Scenario {
         match self {
             Scenario::Bulk => "bulk",
             Scenario::ConnRate => "conn-rate",
+            Scenario::Udp => "udp",
         }
     }
 
@@ -168,6 +170,7 @@ impl Scenario {
         match self {
             Scenario::Bulk => "Gbit/s",
             Scenario::ConnRate => "conn/s",
+            Scenario::Udp => "Mpkt/s",
         }
     }
 }
@@ -230,6 +233,8 @@ pub struct Cell {
     pub per_node_cpu: Option<f64>,
     pub per_node_cpu_min: Option<f64>,
     pub per_node_cpu_max: Option<f64>,
+    /// Throughput per CPU of the whole path (node, client, pods, wire); see [`Sample`].
+    pub per_path_cpu: Option<f64>,
     /// Node CPU per unit: ns per packet received from the client (bulk) or µs per connection.
     pub node_cost: Option<f64>,
     pub node_cost_unit: &'static str,
@@ -273,6 +278,9 @@ pub struct Sample {
     pub error_kinds: BTreeMap<String, u64>,
     pub node_cpu_pct: f64,
     pub per_node_cpu: Option<f64>,
+    /// Throughput per CPU of the whole path: the node's kthreads plus the load CPU(s) (client,
+    /// pods, wire). Work a system moves from the node to the pods shows here.
+    pub per_path_cpu: Option<f64>,
     pub node_cost: Option<f64>,
     pub latency_p50_us: Option<f64>,
     pub latency_p99_us: Option<f64>,
@@ -304,6 +312,7 @@ pub struct Ratio {
     pub denominator: System,
     pub throughput: Option<f64>,
     pub per_node_cpu: Option<f64>,
+    pub per_path_cpu: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -322,6 +331,8 @@ pub struct TargetLine {
     pub pass: bool,
     pub per_node_cpu_ratio: Option<f64>,
     pub throughput_ratio: Option<f64>,
+    /// Throughput per CPU of the whole path (node, client, pods), tether over nftables.
+    pub per_path_cpu_ratio: Option<f64>,
     pub reason: String,
     /// Node cost above direct's (the NAT's own cost, in the node cost's unit): tether, nftables.
     pub tether_over_direct: Option<f64>,
@@ -816,6 +827,14 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
     }
     let servers = lab.servers.as_ref().context("servers")?;
     load::probe_bulk(&lab.client, servers, bulk, 1 << 20).context("probing the bulk service")?;
+    let (udp_ip, udp_port) = Lab::udp_target(system.steering());
+    load::probe_udp(
+        &lab.client,
+        servers,
+        SocketAddrV4::new(udp_ip, udp_port),
+        20,
+    )
+    .context("probing the UDP service")?;
     match system {
         System::Tether | System::TetherStack => {
             let stats = lab.tether_stats()?;
@@ -876,6 +895,7 @@ fn reading(lab: &Lab, scenario: Scenario, load: &load::Load, pids: &[i32]) -> Re
         units: match scenario {
             Scenario::Bulk => servers.map_or(0, load::Servers::bulk_bytes),
             Scenario::ConnRate => load.progress.done.load(Ordering::Relaxed),
+            Scenario::Udp => servers.map_or(0, load::Servers::datagrams),
         },
         errors: load.progress.errors.load(Ordering::Relaxed),
         error_kinds: std::array::from_fn(|i| load.progress.error_kinds[i].load(Ordering::Relaxed)),
@@ -914,6 +934,10 @@ fn measure(
             options.concurrency,
             &ctx.load_cpus,
         ),
+        Scenario::Udp => {
+            let (ip, port) = Lab::udp_target(system.steering());
+            load::udp(&lab.client, SocketAddrV4::new(ip, port), &ctx.load_cpus)
+        }
     };
     sleep_checked(Duration::from_secs(options.warmup))?;
     let pids = lab.pin_node_threads()?;
@@ -947,19 +971,28 @@ fn measure(
     let throughput = match scenario {
         Scenario::Bulk => units as f64 * 8.0 / seconds / 1e9,
         Scenario::ConnRate => units as f64 / seconds,
+        Scenario::Udp => units as f64 / seconds / 1e6,
     };
     let per_node_cpu = (node_cpu_pct > 0.0).then(|| throughput / (node_cpu_pct / 100.0));
     let node_seconds = node_ticks / hz;
     let node_packets = after.node_rx_packets.saturating_sub(before.node_rx_packets);
     let node_cost = match scenario {
         // Per packet the node received from the client (retransmissions included).
-        Scenario::Bulk => (node_packets > 0).then(|| node_seconds * 1e9 / node_packets as f64),
+        Scenario::Bulk | Scenario::Udp => {
+            (node_packets > 0).then(|| node_seconds * 1e9 / node_packets as f64)
+        }
         Scenario::ConnRate => (units > 0).then(|| node_seconds * 1e6 / units as f64),
     };
     let usage = match (&before.snapshot, &after.snapshot) {
         (Some(b), Some(a)) => Snapshot::usage(b, a, None, &ctx.node_cpus, &ctx.load_cpus),
         _ => Usage::default(),
     };
+    // Both measured the same way for every system: the node's kthreads, and the load CPUs'
+    // busy share (which includes the pods' and the wire's kthreads, pinned there).
+    let path_cpus = usage
+        .load_cpu_busy_pct
+        .map(|busy| (node_cpu_pct + busy * ctx.load_cpus.len() as f64) / 100.0);
+    let per_path_cpu = path_cpus.filter(|c| *c > 0.0).map(|c| throughput / c);
     let cpu = CpuUse {
         node_threads_pct: Some(node_cpu_pct),
         node_cpu_busy_pct: usage.proxy_cpu_busy_pct,
@@ -1004,6 +1037,7 @@ fn measure(
             match scenario {
                 Scenario::Bulk => "bytes",
                 Scenario::ConnRate => "connections",
+                Scenario::Udp => "datagrams",
             }
         );
     }
@@ -1012,6 +1046,7 @@ fn measure(
         let expected = match scenario {
             Scenario::Bulk => units as f64 / MSS,
             Scenario::ConnRate => units as f64 * 3.0,
+            Scenario::Udp => units as f64,
         };
         if (steered as f64) < 0.9 * expected {
             bail!(
@@ -1039,6 +1074,7 @@ fn measure(
             .collect(),
         node_cpu_pct,
         per_node_cpu,
+        per_path_cpu,
         node_cost,
         latency_p50_us,
         latency_p99_us,
@@ -1154,6 +1190,7 @@ fn summarize(system: System, scenario: Scenario, acc: Acc) -> Cell {
         per_node_cpu: med(&|s| s.per_node_cpu),
         per_node_cpu_min: per_min,
         per_node_cpu_max: per_max,
+        per_path_cpu: med(&|s| s.per_path_cpu),
         node_cost: med(&|s| s.node_cost),
         node_cost_unit: cost_unit(scenario),
         latency_p50_us: med(&|s| s.latency_p50_us),
@@ -1204,6 +1241,7 @@ fn ratios(cells: &[Cell], scenarios: &[Scenario]) -> Vec<Ratio> {
                 denominator,
                 throughput: div(a.throughput, b.throughput),
                 per_node_cpu: div(a.per_node_cpu, b.per_node_cpu),
+                per_path_cpu: div(a.per_path_cpu, b.per_path_cpu),
             });
         }
     }
@@ -1228,6 +1266,7 @@ fn target(cells: &[Cell], scenarios: &[Scenario], cost: Option<&cost::CostReport
                     pass: false,
                     per_node_cpu_ratio: None,
                     throughput_ratio: None,
+                    per_path_cpu_ratio: None,
                     reason: String::new(),
                     tether_over_direct: None,
                     nftables_over_direct: None,
@@ -1250,10 +1289,13 @@ fn target(cells: &[Cell], scenarios: &[Scenario], cost: Option<&cost::CostReport
                             let ratio = tp / np;
                             line.per_node_cpu_ratio = Some(ratio);
                             line.throughput_ratio = Some(tt / nt);
+                            line.per_path_cpu_ratio =
+                                t.per_path_cpu.zip(n.per_path_cpu).map(|(t, n)| t / n);
                             line.pass = ratio >= TARGET_RATIO;
                             line.reason = format!(
                                 "{ratio:.2}x per node CPU ({} vs {} {} per node CPU; node cost {} \
-                                 vs {} {}); raw throughput {:.2}x{}",
+                                 vs {} {}); raw throughput {:.2}x; per CPU of the whole path \
+                                 (node, client, pods) {}{}",
                                 fmt_throughput(scenario, tp),
                                 fmt_throughput(scenario, np),
                                 scenario.unit(),
@@ -1261,6 +1303,8 @@ fn target(cells: &[Cell], scenarios: &[Scenario], cost: Option<&cost::CostReport
                                 n.node_cost.map_or("-".into(), |v| format!("{v:.0}")),
                                 cost_unit(scenario),
                                 tt / nt,
+                                line.per_path_cpu_ratio
+                                    .map_or("n/a".into(), |r| format!("{r:.2}x")),
                                 if t.disturbed || n.disturbed {
                                     " [machine was busy: rerun on an idle machine]"
                                 } else {
@@ -1550,12 +1594,13 @@ fn print_results(report: &Report) {
             .filter(|r| r.denominator != System::Direct)
         {
             println!(
-                "{:<10} {}/{}: throughput {}, per node CPU {}",
+                "{:<10} {}/{}: throughput {}, per node CPU {}, per whole-path CPU {}",
                 r.scenario.name(),
                 r.numerator.name(),
                 r.denominator.name(),
                 r.throughput.map_or("n/a".into(), |v| format!("{v:.2}x")),
                 r.per_node_cpu.map_or("n/a".into(), |v| format!("{v:.2}x")),
+                r.per_path_cpu.map_or("n/a".into(), |v| format!("{v:.2}x")),
             );
         }
     }
@@ -1614,6 +1659,7 @@ pub fn fmt_throughput(scenario: Scenario, value: f64) -> String {
     match scenario {
         Scenario::Bulk => format!("{value:.2}"),
         Scenario::ConnRate => super::l7::thousands(value),
+        Scenario::Udp => format!("{value:.3}"),
     }
 }
 
@@ -1621,12 +1667,13 @@ fn short_unit(scenario: Scenario) -> &'static str {
     match scenario {
         Scenario::Bulk => "Gb/s",
         Scenario::ConnRate => "c/s",
+        Scenario::Udp => "Mp/s",
     }
 }
 
 pub fn cost_unit(scenario: Scenario) -> &'static str {
     match scenario {
-        Scenario::Bulk => "ns/pkt",
+        Scenario::Bulk | Scenario::Udp => "ns/pkt",
         Scenario::ConnRate => "us/conn",
     }
 }

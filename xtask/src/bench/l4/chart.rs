@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-const WIDTH: u32 = 1400;
+const WIDTH: u32 = 1950;
 const HEIGHT: u32 = 980;
 
 fn color(system: System) -> RGBColor {
@@ -55,15 +55,30 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     let (header, body) = root.split_vertically(110);
     draw_header(report, &header)?;
     let (top, bottom) = body.split_vertically((HEIGHT - 110) / 2);
-    let (top_left, top_right) = top.split_horizontally(WIDTH / 2);
-    let (bottom_left, bottom_right) = bottom.split_horizontally(WIDTH / 2);
+    let [top_left, top_middle, top_right] = thirds(&top);
+    let [bottom_left, bottom_middle, bottom_right] = thirds(&bottom);
 
     draw_panel(&top_left, &cost_panel(report))?;
-    draw_panel(&top_right, &throughput_panel(report, Scenario::Bulk))?;
-    draw_panel(&bottom_left, &throughput_panel(report, Scenario::ConnRate))?;
-    draw_panel(&bottom_right, &relative_panel(report))?;
+    draw_panel(&top_middle, &throughput_panel(report, Scenario::Bulk))?;
+    draw_panel(&top_right, &throughput_panel(report, Scenario::ConnRate))?;
+    draw_panel(&bottom_left, &throughput_panel(report, Scenario::Udp))?;
+    draw_panel(&bottom_middle, &relative_panel(report, Relative::NodeCpu))?;
+    draw_panel(&bottom_right, &relative_panel(report, Relative::PathCpu))?;
     root.present().map_err(plot_error)?;
     Ok(())
+}
+
+fn thirds<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> [DrawingArea<DB, Shift>; 3] {
+    let (left, rest) = area.split_horizontally(WIDTH / 3);
+    let (middle, right) = rest.split_horizontally(WIDTH / 3);
+    [left, middle, right]
+}
+
+/// What the relative panels divide by: the node's CPU, or the whole path's.
+#[derive(Clone, Copy)]
+enum Relative {
+    NodeCpu,
+    PathCpu,
 }
 
 fn cost_panel(report: &Report) -> Panel<'static> {
@@ -194,6 +209,11 @@ fn throughput_panel(report: &Report, scenario: Scenario) -> Panel<'static> {
             "conn/s",
             |v| format!("{:.0}k", v / 1e3),
         ),
+        Scenario::Udp => (
+            "UDP 64-byte datagrams, Mpkt/s (label: node CPU; under: node ns per packet)",
+            "Mpkt/s",
+            |v| format!("{v:.2}"),
+        ),
     };
     Panel {
         title,
@@ -208,19 +228,23 @@ fn throughput_panel(report: &Report, scenario: Scenario) -> Panel<'static> {
     }
 }
 
-fn relative_panel(report: &Report) -> Panel<'static> {
+fn relative_panel(report: &Report, relative: Relative) -> Panel<'static> {
+    let measure = move |cell: &Cell| match relative {
+        Relative::NodeCpu => cell.per_node_cpu,
+        Relative::PathCpu => cell.per_path_cpu,
+    };
     let mut scenarios: Vec<Scenario> = report.cells.iter().map(|c| c.scenario).collect();
     scenarios.sort();
     scenarios.dedup();
     let groups = scenarios
         .into_iter()
         .map(|scenario| {
-            let base = find(report, System::Nftables, scenario).and_then(|c| c.per_node_cpu);
+            let base = find(report, System::Nftables, scenario).and_then(measure);
             let bars = systems(report)
                 .into_iter()
                 .filter_map(|system| {
                     let cell = find(report, system, scenario)?;
-                    let value = match (cell.per_node_cpu, base) {
+                    let value = match (measure(cell), base) {
                         (Some(v), Some(b)) if b > 0.0 => Some(v / b),
                         _ => None,
                     };
@@ -239,11 +263,21 @@ fn relative_panel(report: &Report) -> Panel<'static> {
             }
         })
         .collect();
+    let (title, line) = match relative {
+        Relative::NodeCpu => (
+            "throughput per node CPU, relative to nftables (higher is better)",
+            Some((TARGET_RATIO, format!("target {TARGET_RATIO}x"))),
+        ),
+        Relative::PathCpu => (
+            "throughput per CPU of the whole path (node, client, pods), relative to nftables",
+            Some((1.0, "nftables".to_string())),
+        ),
+    };
     Panel {
-        title: "throughput per node CPU, relative to nftables (higher is better)",
+        title,
         axis: "x nftables",
         groups,
-        line: Some((TARGET_RATIO, format!("target {TARGET_RATIO}x"))),
+        line,
         clip: None,
         tick: |v| format!("{v:.1}"),
     }

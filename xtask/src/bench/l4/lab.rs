@@ -51,6 +51,9 @@ pub const RR_PORT: u16 = 80;
 pub const BULK_PORT: u16 = 5201;
 pub const POD_RR_PORT: u16 = 8080;
 pub const POD_BULK_PORT: u16 = 5201;
+/// The datagram service (pod 0 only), UDP.
+pub const UDP_PORT: u16 = 53;
+pub const POD_UDP_PORT: u16 = 5353;
 pub const PODS: usize = 3;
 /// Bound on tether coming up and on every command.
 const WAIT: Duration = Duration::from_secs(20);
@@ -890,6 +893,14 @@ impl Lab {
         link_stat(self.node.name(), &self.node_interfaces[0], "rx", "packets").unwrap_or(0)
     }
 
+    /// The address and port of the datagram service for `steering`.
+    pub fn udp_target(steering: Steering) -> (Ipv4Addr, u16) {
+        match steering {
+            Steering::Direct => (pod_addr(0), POD_UDP_PORT),
+            Steering::Tether | Steering::Nftables => (VIP, UDP_PORT),
+        }
+    }
+
     /// The address and ports the client loads for `steering`: (rr, bulk).
     pub fn targets(steering: Steering) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
         match steering {
@@ -1067,13 +1078,18 @@ pub fn tether_config(interface: &str, pod_interfaces: &[String], xdp_mode: &str)
     listen: {VIP}:{BULK_PORT}
     protocol: tcp
     targets:
-      - {{address: {}:{POD_BULK_PORT}}}
+      - {{address: {pod0}:{POD_BULK_PORT}}}
+  udp:
+    listen: {VIP}:{UDP_PORT}
+    protocol: udp
+    targets:
+      - {{address: {pod0}:{POD_UDP_PORT}}}
 ",
-        pod_addr(0)
+        pod0 = pod_addr(0)
     )
 }
 
-/// The shape of kube-proxy's nftables mode for two ClusterIP services: a `nat` prerouting hook
+/// The shape of kube-proxy's nftables mode for three ClusterIP services (two TCP, one UDP): a `nat` prerouting hook
 /// jumping to a `services` chain, which looks the destination up in a verdict map of
 /// VIP . protocol . port; each service chain picks an endpoint with `numgen random mod N`, each
 /// endpoint chain DNATs (conntrack does the reverse NAT). Also kube-proxy's masquerade check in
@@ -1094,7 +1110,7 @@ pub fn nft_ruleset() -> String {
         "table ip tether-bench {{
   map service-ips {{
     type ipv4_addr . inet_proto . inet_service : verdict
-    elements = {{ {VIP} . tcp . {RR_PORT} : goto service-rr, {VIP} . tcp . {BULK_PORT} : goto service-bulk }}
+    elements = {{ {VIP} . tcp . {RR_PORT} : goto service-rr, {VIP} . tcp . {BULK_PORT} : goto service-bulk, {VIP} . udp . {UDP_PORT} : goto service-udp }}
   }}
   chain nat-prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
@@ -1118,12 +1134,18 @@ pub fn nft_ruleset() -> String {
     numgen random mod 1 vmap {{ 0 : goto endpoint-bulk-0 }}
   }}
   chain endpoint-bulk-0 {{
-    meta l4proto tcp dnat to {}:{POD_BULK_PORT}
+    meta l4proto tcp dnat to {pod0}:{POD_BULK_PORT}
+  }}
+  chain service-udp {{
+    numgen random mod 1 vmap {{ 0 : goto endpoint-udp-0 }}
+  }}
+  chain endpoint-udp-0 {{
+    meta l4proto udp dnat to {pod0}:{POD_UDP_PORT}
   }}
 }}
 ",
         rr_vmap.join(", "),
-        pod_addr(0)
+        pod0 = pod_addr(0)
     )
 }
 

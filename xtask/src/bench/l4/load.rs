@@ -10,11 +10,14 @@
 //!   closes, closes, and starts over. The pod closes first, so TIME_WAIT stays on the pods and
 //!   client ports are reused at once. A handful of packets per flow, every one of them in a
 //!   new or closing flow.
-use super::lab::{self, Netns, POD_BULK_PORT, POD_RR_PORT};
+//! - **udp** (the per-packet path without GRO): `UDP_FLOWS` UDP sockets sending 64-byte
+//!   datagrams with `sendmmsg` as fast as they can; the pod's sink counts what it receives.
+//!   Each datagram is a packet on its own all the way: nothing merges them.
+use super::lab::{self, Netns, POD_BULK_PORT, POD_RR_PORT, POD_UDP_PORT};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +28,10 @@ use std::time::{Duration, Instant};
 pub const REQUEST_LEN: usize = 64;
 pub const RESPONSE_LEN: usize = 128;
 const BULK_BUFFER: usize = 256 * 1024;
+/// UDP load: sockets (flows), datagram payload, datagrams per `sendmmsg`/`recvmmsg`.
+pub const UDP_FLOWS: usize = 8;
+pub const DATAGRAM_LEN: usize = 64;
+const DATAGRAM_BATCH: usize = 32;
 /// A connection-rate connection older than this is abandoned (and counted as an error).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
@@ -43,6 +50,7 @@ pub struct Servers {
     threads: Vec<JoinHandle<()>>,
     bulk_bytes: Vec<Arc<AtomicU64>>,
     served: Vec<Arc<AtomicU64>>,
+    datagrams: Vec<Arc<AtomicU64>>,
 }
 
 impl Servers {
@@ -54,10 +62,20 @@ impl Servers {
             threads: Vec::new(),
             bulk_bytes: Vec::new(),
             served: Vec::new(),
+            datagrams: Vec::new(),
         };
         for (index, pod) in pods.iter().enumerate() {
             let bulk = pod.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, POD_BULK_PORT)))??;
             let rr = pod.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, POD_RR_PORT)))??;
+            let udp = pod.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, POD_UDP_PORT)))??;
+            udp.set_read_timeout(Some(POLL))?;
+            let datagrams = Arc::new(AtomicU64::new(0));
+            servers.datagrams.push(datagrams.clone());
+            let (stop_udp, cpus_udp) = (stop.clone(), cpus.to_vec());
+            servers.threads.push(std::thread::spawn(move || {
+                let _ = lab::pin_thread(&cpus_udp);
+                udp_sink(&udp, &datagrams, &stop_udp);
+            }));
             bulk.set_nonblocking(true)?;
             rr.set_nonblocking(true)?;
             let bytes = Arc::new(AtomicU64::new(0));
@@ -85,6 +103,14 @@ impl Servers {
         self.bulk_bytes
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Datagrams the pods' UDP sinks received, summed.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -154,6 +180,115 @@ fn drain(mut stream: TcpStream, bytes: &AtomicU64, stop: &AtomicBool) {
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
             Err(_) => return,
         }
+    }
+}
+
+/// Buffers and headers for `sendmmsg`/`recvmmsg` of [`DATAGRAM_BATCH`] datagrams.
+struct Batch {
+    buffers: Vec<[u8; DATAGRAM_LEN]>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl Batch {
+    fn new() -> Box<Self> {
+        let mut batch = Box::new(Self {
+            buffers: vec![[0x75; DATAGRAM_LEN]; DATAGRAM_BATCH],
+            iovecs: Vec::with_capacity(DATAGRAM_BATCH),
+            headers: Vec::with_capacity(DATAGRAM_BATCH),
+        });
+        // The iovecs point into `buffers` and the headers into `iovecs`: both vectors keep their
+        // heap storage for the batch's life.
+        for i in 0..DATAGRAM_BATCH {
+            let base = batch.buffers[i].as_mut_ptr().cast();
+            batch.iovecs.push(libc::iovec {
+                iov_base: base,
+                iov_len: DATAGRAM_LEN,
+            });
+        }
+        for i in 0..DATAGRAM_BATCH {
+            // SAFETY: mmsghdr is plain data; zeroed is valid (no address, no control).
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_iov = &mut batch.iovecs[i];
+            header.msg_hdr.msg_iovlen = 1;
+            batch.headers.push(header);
+        }
+        batch
+    }
+}
+
+fn udp_sink(socket: &UdpSocket, datagrams: &AtomicU64, stop: &AtomicBool) {
+    let mut batch = Batch::new();
+    let mut timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: the headers point at live buffers of the batch; the socket is open.
+        let received = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                batch.headers.as_mut_ptr(),
+                DATAGRAM_BATCH as u32,
+                libc::MSG_WAITFORONE,
+                &mut timeout,
+            )
+        };
+        if received > 0 {
+            datagrams.fetch_add(received as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The UDP load: [`UDP_FLOWS`] connected sockets, each sending batches of datagrams in turn.
+pub fn udp(client: &Netns, target: SocketAddrV4, cpus: &[usize]) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    let (stop2, progress2, cpus, path) =
+        (stop.clone(), progress.clone(), cpus.to_vec(), client.path());
+    let thread = std::thread::spawn(move || {
+        if lab::enter(&path).is_err() {
+            progress2.errors.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        }
+        let _ = lab::pin_thread(&cpus);
+        let sockets: Vec<UdpSocket> = (0..UDP_FLOWS)
+            .filter_map(|_| {
+                let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+                socket.connect(target).ok()?;
+                Some(socket)
+            })
+            .collect();
+        if sockets.len() != UDP_FLOWS {
+            progress2.errors.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        }
+        let mut batch = Batch::new();
+        while !stop2.load(Ordering::Relaxed) {
+            for socket in &sockets {
+                // SAFETY: the headers point at live buffers; connected sockets need no address.
+                let sent = unsafe {
+                    libc::sendmmsg(
+                        socket.as_raw_fd(),
+                        batch.headers.as_mut_ptr(),
+                        DATAGRAM_BATCH as u32,
+                        0,
+                    )
+                };
+                if sent > 0 {
+                    progress2.done.fetch_add(sent as u64, Ordering::Relaxed);
+                } else {
+                    // A full ring or an unreachable answer: counted, and the load goes on.
+                    progress2.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Vec::new()
+    });
+    Load {
+        stop,
+        progress,
+        threads: vec![thread],
     }
 }
 
@@ -690,6 +825,36 @@ pub fn probe_bulk(
             Instant::now() < deadline,
             "the bulk sink got {} of {bytes} bytes sent to {target}",
             servers.bulk_bytes() - before
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Sends `count` datagrams to `target` and waits for the pods' sinks to have them all.
+pub fn probe_udp(
+    client: &Netns,
+    servers: &Servers,
+    target: SocketAddrV4,
+    count: u64,
+) -> Result<()> {
+    let before = servers.datagrams();
+    client.run(|| -> Result<()> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.connect(target)?;
+        for _ in 0..count {
+            socket.send(&[0x75; DATAGRAM_LEN])?;
+            // Paced: the probe checks the path, not the rings.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    })??;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers.datagrams() < before + count {
+        ensure!(
+            Instant::now() < deadline,
+            "the UDP sinks got {} of {count} datagrams sent to {target}",
+            servers.datagrams() - before
         );
         std::thread::sleep(Duration::from_millis(20));
     }
