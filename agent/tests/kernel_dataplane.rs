@@ -26,6 +26,9 @@ const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP_PORT: u16 = 80;
 const POD_PORT: u16 = 8080;
+const UDP_VIP_PORT: u16 = 53;
+/// Where the UDP service's targets point: no pod listens there.
+const UDP_POD_PORT: u16 = 5353;
 const PODS: usize = 3;
 /// Connections opened to see them spread.
 const SPREAD: usize = 30;
@@ -136,6 +139,9 @@ struct Lab {
     dir: PathBuf,
     /// Whether the configuration lists the node's pod veths as `podInterfaces`.
     pod_interfaces: bool,
+    /// Whether the configuration also has the UDP service `VIP:53` → the targets' port 5353,
+    /// where no pod listens.
+    udp_service: bool,
     pods: Vec<Pod>,
     client: Netns,
     node: Netns,
@@ -163,6 +169,7 @@ impl Lab {
             log: dir.join("tether.log"),
             dir,
             pod_interfaces: false,
+            udp_service: false,
             pods: Vec::new(),
             client,
             node,
@@ -227,6 +234,17 @@ impl Lab {
                 "      - {{address: {}, weight: {weight}}}\n",
                 pod_target(*pod)
             ));
+        }
+        if self.udp_service {
+            yaml.push_str(&format!(
+                "  dns:\n    listen: {VIP}:{UDP_VIP_PORT}\n    protocol: udp\n    targets:\n"
+            ));
+            for (pod, weight) in targets {
+                yaml.push_str(&format!(
+                    "      - {{address: {}:{UDP_POD_PORT}, weight: {weight}}}\n",
+                    pod_addr(*pod)
+                ));
+            }
         }
         let temporary = self.config.with_extension("tmp");
         std::fs::write(&temporary, yaml)?;
@@ -891,4 +909,52 @@ fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
 
 fn interfaces_rescan() -> Duration {
     tether::dataplane::interfaces::RESCAN_INTERVAL
+}
+
+/// A pod answers a datagram to a port nobody listens on with ICMP port unreachable, quoting
+/// the datagram as it got it (to the pod's address). Translated back to the VIP, the error
+/// reaches the client's connected socket as ECONNREFUSED, on the stack path and on the
+/// redirect path alike; untranslated, the client's stack would find no socket and the
+/// application would wait for an answer that never comes.
+#[test]
+fn icmp_errors_from_a_pod_reach_the_clients_socket() -> Result<()> {
+    if !ready("icmp_errors_from_a_pod_reach_the_clients_socket") {
+        return Ok(());
+    }
+    for redirecting in [false, true] {
+        let mut lab = match redirecting {
+            false => Lab::new("icmp")?,
+            true => Lab::redirecting("icmpr")?,
+        };
+        lab.udp_service = true;
+        lab.configure(&all_active())?;
+        lab.start_agent()?;
+        if redirecting {
+            lab.wait_for_pod_links(&["p0", "p1", "p2"])?;
+        }
+        let refused = |port: u16| -> Result<ErrorKind> {
+            lab.client.run(move || -> Result<ErrorKind> {
+                let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+                socket.connect((VIP, UDP_VIP_PORT))?;
+                socket.send(b"anyone?")?;
+                let mut buffer = [0u8; 64];
+                Ok(match socket.recv(&mut buffer) {
+                    Ok(_) => ErrorKind::Other,
+                    Err(error) => error.kind(),
+                })
+            })?
+        };
+        // Several flows, so every pod (and every path) answers at least once.
+        for port in 0..6 {
+            assert_eq!(
+                refused(41_000 + port)?,
+                ErrorKind::ConnectionRefused,
+                "redirecting: {redirecting}, flow {port}:\n{}",
+                lab.logs()
+            );
+        }
+        lab.stop_agent()?;
+    }
+    Ok(())
 }

@@ -320,7 +320,8 @@ impl Counter {
     pub const DRAINED_PACKETS: u32 = 10;
     /// Packets the reply-path TC program saw.
     pub const REPLY_PACKETS: u32 = 11;
-    /// Replies whose source was rewritten back to the VIP.
+    /// Replies whose source was rewritten back to the VIP, and ICMP errors about steered flows
+    /// translated (either way: the quoted packet gets the address its receiver knows).
     pub const REPLY_NAT: u32 = 12;
     /// Replies that could not be rewritten (a helper failed); passed as they were.
     pub const REPLY_ERRORS: u32 = 13;

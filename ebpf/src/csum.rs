@@ -33,3 +33,9 @@ pub fn replace4(check: u16, from: [u16; 2], to: [u16; 2]) -> u16 {
 pub fn replace4_2(check: u16, from: [u16; 2], to: [u16; 2], from_port: u16, to_port: u16) -> u16 {
     finish(address_delta(check, from, to) + u32::from(!from_port) + u32::from(to_port))
 }
+
+/// The checksum after a 2-byte field changed from `from` to `to`.
+#[inline(always)]
+pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
+    finish(u32::from(!check) + u32::from(!from) + u32::from(to))
+}

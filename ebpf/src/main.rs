@@ -18,6 +18,7 @@
 #![no_main]
 
 mod csum;
+mod icmp;
 mod maps;
 mod parse;
 mod reply;

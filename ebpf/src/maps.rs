@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use tether_common::{
-    FlowCacheEntry, FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey, TargetEntry,
-    TrafficCounters, COUNTER_COUNT, MAGLEV_SIZE, MAX_INTERFACES, MAX_SERVICES, MAX_TARGETS,
-    MAX_TCP_FLOWS, MAX_UDP_FLOWS, META_COUNT, PORT_WORDS, FLOW_CACHE_SLOTS,
+    FlowCacheEntry, FlowEntry, FlowKeyV4, NextHop, ReplyEntryV4, ServiceEntry, ServiceKey,
+    TargetEntry, TrafficCounters, COUNTER_COUNT, FLOW_CACHE_SLOTS, MAGLEV_SIZE, MAX_INTERFACES,
+    MAX_SERVICES, MAX_TARGETS, MAX_TCP_FLOWS, MAX_UDP_FLOWS, META_COUNT, PORT_WORDS,
 };
 
 // The names must match tether_common's *_MAP constants (an attribute cannot take a const);

@@ -9,9 +9,14 @@
 //!   forwarding path; when the route leads elsewhere it continues up the stack, already
 //!   rewritten (the uplink's egress program then finds no entry for it).
 //!
+//! ICMP errors about a steered flow on their way to its client (port unreachable from the pod,
+//! fragmentation needed or time exceeded from the node) get the same treatment for the packet
+//! they quote: see [`icmp_error`].
+//!
 //! Checksums are updated with the kernel's helpers, which also handle `CHECKSUM_PARTIAL`
 //! packets (locally generated or forwarded from a veth whose checksum is still to be filled in).
 use crate::{
+    icmp,
     maps::{count, replies4},
     parse::{self, ETH_HDR_LEN, L4_OFFSET, TCP_CSUM_OFFSET, TCP_HDR_LEN, UDP_CSUM_OFFSET},
     route::{self, FibParams},
@@ -21,7 +26,7 @@ use aya_ebpf::{
     helpers::generated::bpf_redirect,
     programs::TcContext,
 };
-use tether_common::{Counter, FlowKeyV4, InterfaceRole, Protocol, ReplyEntryV4};
+use tether_common::{Counter, FlowKeyV4, InterfaceRole, Protocol};
 
 /// Offsets of the IPv4 checksum and source address in the frame.
 const IP_CSUM_OFFSET: usize = ETH_HDR_LEN + 10;
@@ -57,8 +62,10 @@ pub fn reply<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
     if ctx.data() + L4_OFFSET + TCP_HDR_LEN > ctx.data_end() {
         let _ = ctx.pull_data((L4_OFFSET + TCP_HDR_LEN) as u32);
     }
-    let Ok(packet) = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
-        return NEXT;
+    let packet = match parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        Ok(packet) => packet,
+        Err(parse::Skip(Counter::NOT_TCP_UDP)) => return icmp_error::<FROM_POD>(ctx),
+        Err(_) => return NEXT,
     };
     // SAFETY: parse checked the IPv4 header and the ports are inside the packet.
     let (src, dst, src_port, dst_port) = unsafe {
@@ -112,7 +119,111 @@ pub fn reply<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
         Counter::REPLY_ERRORS
     });
     if FROM_POD && rewritten {
-        return to_client(ctx, &key, &nat, packet.protocol);
+        return to_client(ctx, nat.vip, key.dst, packet.protocol);
+    }
+    NEXT
+}
+
+const ICMP_CSUM_OFFSET: usize = L4_OFFSET + 2;
+/// The quoted packet: an IPv4 header without options (all tether steers) and the first 8
+/// bytes of its transport header.
+const QUOTE_IP: usize = L4_OFFSET + 8;
+const QUOTE_IP_CSUM: usize = QUOTE_IP + 10;
+const QUOTE_DST: usize = QUOTE_IP + 16;
+const QUOTE_DST_PORT: usize = QUOTE_IP + 22;
+
+/// An ICMP error about a steered flow, on its way to the client: sent by the pod (port
+/// unreachable) or by the node while forwarding to it (fragmentation needed, time exceeded).
+/// It quotes the client's packet as the pod got it, addressed to the pod, which the client
+/// never used: the quote gets the VIP and service port back, so the client's stack finds its
+/// socket (a connected UDP socket gets ECONNREFUSED, TCP learns the path MTU); and the error's
+/// own source becomes the VIP when the pod sent it. The quoted transport checksum is left as
+/// it is: receivers do not check it in an ICMP error (Linux does not). Counted as `reply_nat`.
+#[inline(always)]
+fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
+    // The outer IPv4 header, then the ICMP header and the quote up to its ports.
+    let (Ok(ip), Ok(message)) = (
+        ctx.load::<[u8; 20]>(ETH_HDR_LEN),
+        ctx.load::<[u8; 32]>(L4_OFFSET),
+    ) else {
+        return NEXT;
+    };
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    if ip[0] != 0x45 || ip[9] != icmp::ICMP || fragment || !icmp::is_error(message[0]) {
+        return NEXT;
+    }
+    let quote = &message[8..];
+    let tcp = match quote[9] {
+        Protocol::TCP => true,
+        Protocol::UDP => false,
+        _ => return NEXT,
+    };
+    if quote[0] != 0x45 {
+        return NEXT;
+    }
+    let word = |at: usize| u16::from_ne_bytes([quote[at], quote[at + 1]]);
+    // The reply direction of the quoted packet: pod → client.
+    let pod = [quote[16], quote[17], quote[18], quote[19]];
+    let client = [quote[12], quote[13], quote[14], quote[15]];
+    let key = FlowKeyV4 {
+        src: pod,
+        dst: client,
+        src_port: word(22),
+        dst_port: word(20),
+    };
+    // By reference, and one call per map (see maps::flows4).
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let nat = if tcp {
+        replies4::<true>().get_ptr(&key)
+    } else {
+        replies4::<false>().get_ptr(&key)
+    };
+    let Some(nat) = nat else {
+        return NEXT;
+    };
+    // SAFETY: a value pointer from a lookup, read at once.
+    let nat = unsafe { *nat };
+    let outer_src = [ip[12], ip[13], ip[14], ip[15]];
+    let from_pod = outer_src == pod;
+
+    // The quote's destination: the inner header checksum, then the ICMP checksum for both
+    // changed words (the ICMP checksum covers the quote; it has no pseudo-header).
+    let (from, to) = (
+        u64::from(u32::from_ne_bytes(pod)),
+        u64::from(u32::from_ne_bytes(nat.vip)),
+    );
+    let old_quote_csum = u64::from(word(10));
+    let quote_rewritten = ctx.l3_csum_replace(QUOTE_IP_CSUM, from, to, 4).is_ok()
+        && ctx.store(QUOTE_DST, &nat.vip, 0).is_ok()
+        && ctx.l4_csum_replace(ICMP_CSUM_OFFSET, from, to, 4).is_ok();
+    let new_quote_csum = ctx.load::<u16>(QUOTE_IP_CSUM).map(u64::from);
+    let rewritten = quote_rewritten
+        && match new_quote_csum {
+            Ok(new) => ctx
+                .l4_csum_replace(ICMP_CSUM_OFFSET, old_quote_csum, new, 2)
+                .is_ok(),
+            Err(_) => false,
+        }
+        && ctx
+            .l4_csum_replace(
+                ICMP_CSUM_OFFSET,
+                u64::from(word(22)),
+                u64::from(nat.vip_port),
+                2,
+            )
+            .is_ok()
+        && ctx.store(QUOTE_DST_PORT, &nat.vip_port, 0).is_ok()
+        && (!from_pod
+            || (ctx.l3_csum_replace(IP_CSUM_OFFSET, from, to, 4).is_ok()
+                && ctx.store(IP_SRC_OFFSET, &nat.vip, 0).is_ok()));
+    count(if rewritten {
+        Counter::REPLY_NAT
+    } else {
+        Counter::REPLY_ERRORS
+    });
+    if FROM_POD && rewritten {
+        let source = if from_pod { nat.vip } else { outer_src };
+        return to_client(ctx, source, client, icmp::ICMP);
     }
     NEXT
 }
@@ -120,7 +231,7 @@ pub fn reply<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
 /// Transmits a rewritten reply straight out of the uplink the FIB names for the client, or
 /// lets it continue up the stack.
 #[inline(always)]
-fn to_client(ctx: &TcContext, key: &FlowKeyV4, nat: &ReplyEntryV4, protocol: u8) -> i32 {
+fn to_client(ctx: &TcContext, source: [u8; 4], client: [u8; 4], protocol: u8) -> i32 {
     let (Ok(tos), Ok(ttl_word)) = (
         ctx.load::<u8>(IP_TOS_OFFSET),
         ctx.load::<u16>(IP_TTL_OFFSET),
@@ -135,7 +246,7 @@ fn to_client(ctx: &TcContext, key: &FlowKeyV4, nat: &ReplyEntryV4, protocol: u8)
     // SAFETY: the context of a TC program is its __sk_buff.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     // tot_len 0: the TC lookup then checks the MTU against the skb itself (GSO-aware).
-    let mut params = FibParams::ipv4(ingress, protocol, tos, nat.vip, key.dst);
+    let mut params = FibParams::ipv4(ingress, protocol, tos, source, client);
     if params.lookup(ctx.skb.skb.cast()) != 0 {
         return NEXT;
     }

@@ -33,7 +33,7 @@
 //! Behind the cache, the established path is one hash lookup (the flow), one inlined array
 //! lookup (the target) and per-CPU counters; everything else waits for the slow path.
 use crate::{
-    csum,
+    csum, icmp,
     maps::{
         count, count_traffic, flows4, replies4, Traffic, FLOW_CACHE, MAGLEV, PORTS, SERVICES,
         TARGETS,
@@ -45,9 +45,8 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use core::mem::transmute;
 use tether_common::{
     client_hash_v4, flow_cache_slot, flow_hash_v4, maglev_slot, port_bit, AddressFamily, Counter,
-    FlowCacheEntry, FlowEntry,
-    FlowKeyV4, Hashing, Protocol, ReplyEntryV4, ServiceKey, TargetEntry, TargetState,
-    MAGLEV_PROBES, MAGLEV_SIZE,
+    FlowCacheEntry, FlowEntry, FlowKeyV4, Hashing, Protocol, ReplyEntryV4, ServiceKey, TargetEntry,
+    TargetState, MAGLEV_PROBES, MAGLEV_SIZE,
 };
 
 #[inline(always)]
@@ -55,6 +54,13 @@ pub fn steer(ctx: &XdpContext) -> u32 {
     let packet = match parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
         Ok(packet) => packet,
         Err(skip) => {
+            // Not TCP or UDP: maybe an ICMP error about a steered flow's reply.
+            if skip.0 == Counter::NOT_TCP_UDP
+                && icmp::error_to_target(ctx.data(), ctx.data_end()).is_some()
+            {
+                count(Counter::REPLY_NAT);
+                return xdp_action::XDP_PASS;
+            }
             count(skip.0);
             return if skip.drops() {
                 xdp_action::XDP_DROP
@@ -319,7 +325,7 @@ fn pick(service_id: u32, hash: u32) -> Option<(u32, TargetEntry)> {
 
 /// The IPv4 address of a target as two network-order words.
 #[inline(always)]
-fn target_address(target: &TargetEntry) -> [u16; 2] {
+pub fn target_address(target: &TargetEntry) -> [u16; 2] {
     // SAFETY: `addr` is the first field of a 4-byte aligned struct; bytes 12..16 hold the
     // IPv4 address of an IPv4-mapped address.
     unsafe { *(target.addr.as_ptr().add(12) as *const [u16; 2]) }

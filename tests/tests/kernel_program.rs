@@ -1331,6 +1331,156 @@ fn udp_replies_get_the_vip_back_with_or_without_a_checksum() {
     }
 }
 
+/// An ICMP error (`kind`, `code`, the 4 bytes after the checksum) from `src` to `dst` quoting
+/// `quote`, ICMP checksum filled in.
+fn icmp_error(
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut message = vec![kind, code, 0, 0];
+    message.extend_from_slice(&rest);
+    message.extend_from_slice(quote);
+    let sum = checksum(&[&message]);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv4_frame(src, dst, ICMP, &message)
+}
+
+/// What an ICMP error quotes: the IPv4 header and the first 8 bytes of the transport header.
+fn quote_of(frame: &[u8]) -> Vec<u8> {
+    frame[ETH_HDR_LEN..L4 + 8].to_vec()
+}
+
+const ICMP: u8 = 1;
+const NODE: [u8; 4] = [10, 244, 1, 1];
+
+/// ICMP errors about a steered flow, on their way to its client, quote the client's packet as
+/// the pod got it (to the pod): the quote gets the VIP and service port back, with a valid
+/// header checksum, and the error its source the VIP when the pod sent it (a node's own
+/// error keeps the node's address). Errors about other flows and other ICMP pass untouched.
+#[test]
+fn icmp_errors_about_a_steered_flow_quote_the_vip() {
+    if !privileged("icmp_errors_about_a_steered_flow_quote_the_vip") {
+        return;
+    }
+    let kernel = kernel_with_service();
+    let pinned = kernel.steered_to(&syn(CLIENT_PORT));
+    let pod = pod_addr(pinned);
+    let sent = data(CLIENT_PORT);
+    let (_, delivered) = kernel.run_xdp(&sent);
+    assert_eq!(destination(&delivered), (pod, POD_PORT));
+
+    // Port unreachable from the pod; fragmentation needed (MTU 1400) from the node.
+    let cases = [
+        (pod, 3, 3, [0; 4], VIP),
+        (NODE, 3, 4, [0, 0, 0x05, 0x78], NODE),
+        (NODE, 11, 0, [0; 4], NODE),
+    ];
+    for (from, kind, code, rest, expected_source) in cases {
+        let error = icmp_error(from, CLIENT, kind, code, rest, &quote_of(&delivered));
+        let (verdict, out) = kernel.run_tc(&error);
+        assert_eq!(verdict, TC_NEXT);
+        let expected = icmp_error(expected_source, CLIENT, kind, code, rest, &quote_of(&sent));
+        assert_eq!(out, expected, "ICMP {kind}/{code} from {from:?}");
+        assert_eq!(checksum(&[&out[ETH_HDR_LEN..L4]]), 0, "outer IPv4 checksum");
+        assert_eq!(checksum(&[&out[L4..]]), 0, "ICMP checksum");
+        assert_eq!(
+            checksum(&[&out[L4 + 8..L4 + 28]]),
+            0,
+            "quoted IPv4 checksum"
+        );
+    }
+    let counters = kernel.counters();
+    assert_eq!(counters.get(Counter::REPLY_NAT), 3);
+
+    // Untouched: an error about another client port, about a flow to another pod, an echo
+    // request, a quote cut short.
+    let other_port = with_destination(&delivered, pod, POD_PORT + 1);
+    let mut other_client = delivered.clone();
+    other_client[L4..L4 + 2].copy_from_slice(&(CLIENT_PORT + 7).to_be_bytes());
+    let untouched = [
+        icmp_error(pod, CLIENT, 3, 3, [0; 4], &quote_of(&other_port)),
+        icmp_error(pod, CLIENT, 3, 3, [0; 4], &quote_of(&other_client)),
+        icmp_error(pod, CLIENT, 8, 0, [0, 1, 0, 1], &quote_of(&delivered)),
+        icmp_error(pod, CLIENT, 3, 3, [0; 4], &quote_of(&delivered)[..22]),
+    ];
+    for packet in &untouched {
+        assert_eq!(kernel.run_tc(packet), (TC_NEXT, packet.clone()));
+    }
+    let counters = kernel.counters();
+    assert_eq!(counters.get(Counter::REPLY_NAT), 3);
+    assert_eq!(counters.get(Counter::REPLY_ERRORS), 0);
+}
+
+/// ICMP errors about a steered flow's reply arrive from the client's side addressed to the VIP
+/// (fragmentation needed from a router on the way: the path MTU the pod must learn; port
+/// unreachable from the client) and quote the reply as it left, from VIP:port. They go on to
+/// the flow's target with the quote rewritten to the pod's address and port. Errors about no
+/// flow pass untouched and count as not_tcp_udp.
+#[test]
+fn icmp_errors_about_a_reply_go_to_the_flows_target() {
+    if !privileged("icmp_errors_about_a_reply_go_to_the_flows_target") {
+        return;
+    }
+    const ROUTER: [u8; 4] = [10, 244, 9, 1];
+    let kernel = kernel_with_service();
+    let pinned = kernel.steered_to(&syn(CLIENT_PORT));
+    let pod = pod_addr(pinned);
+    let answered = tcp(
+        pod,
+        POD_PORT,
+        CLIENT,
+        CLIENT_PORT,
+        PSH_ACK,
+        b"HTTP/1.1 200 OK\r\n\r\n",
+    );
+    let (_, left) = kernel.run_tc(&answered);
+    assert_eq!(source(&left), (VIP, VIP_PORT));
+
+    let cases = [(ROUTER, 3, 4, [0, 0, 0x05, 0x78]), (CLIENT, 3, 3, [0; 4])];
+    for (from, kind, code, rest) in cases {
+        let error = icmp_error(from, VIP, kind, code, rest, &quote_of(&left));
+        let (verdict, out) = kernel.run_xdp(&error);
+        assert_eq!(verdict, XDP_PASS);
+        let expected = icmp_error(from, pod, kind, code, rest, &quote_of(&answered));
+        assert_eq!(out, expected, "ICMP {kind}/{code} from {from:?}");
+        assert_eq!(checksum(&[&out[ETH_HDR_LEN..L4]]), 0, "outer IPv4 checksum");
+        assert_eq!(checksum(&[&out[L4..]]), 0, "ICMP checksum");
+    }
+    assert_eq!(
+        kernel.counters().get(Counter::REPLY_NAT),
+        1 + cases.len() as u64
+    );
+
+    let mut other_port = left.clone();
+    other_port[L4..L4 + 2].copy_from_slice(&(VIP_PORT + 1).to_be_bytes());
+    let untouched = [
+        icmp_error(
+            ROUTER,
+            VIP,
+            3,
+            4,
+            [0, 0, 0x05, 0x78],
+            &quote_of(&other_port),
+        ),
+        icmp_error(CLIENT, VIP, 8, 0, [0, 1, 0, 1], &quote_of(&left)),
+        icmp_error(ROUTER, VIP, 3, 4, [0; 4], &quote_of(&left)[..22]),
+    ];
+    let before = kernel.counters().get(Counter::NOT_TCP_UDP);
+    for packet in &untouched {
+        assert_eq!(kernel.run_xdp(packet), (XDP_PASS, packet.clone()));
+    }
+    let counters = kernel.counters();
+    assert_eq!(
+        counters.get(Counter::NOT_TCP_UDP) - before,
+        untouched.len() as u64
+    );
+    assert_eq!(counters.get(Counter::REPLY_NAT), 1 + cases.len() as u64);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The cost fixtures
 

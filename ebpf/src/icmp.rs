@@ -1,0 +1,97 @@
+//! ICMP errors about steered flows that arrive from the client's side (`tether_xdp`).
+//!
+//! A reply leaves the node from the VIP, so an error about it (port unreachable from the
+//! client, fragmentation needed from a router on the way, which is how the pod learns the
+//! path MTU) comes back addressed to the VIP and quotes the reply as it left, from VIP:port.
+//! The pod knows neither: the error goes on to the flow's target, and its quote gets the
+//! pod's address and port back, so the pod's stack finds the socket. The other direction,
+//! errors the pod or the node send to the client, is in `reply.rs`.
+use crate::{
+    csum,
+    maps::{flows4, TARGETS},
+    parse::{ptr_at, Ipv4Hdr, Ports, ETH_HDR_LEN, L4_OFFSET},
+    steer::target_address,
+};
+use core::mem::transmute;
+use tether_common::{FlowKeyV4, Protocol, TargetState};
+
+pub const ICMP: u8 = 1;
+/// ICMP errors, which quote the packet they are about (RFC 792): destination unreachable,
+/// time exceeded, parameter problem.
+const DEST_UNREACH: u8 = 3;
+const TIME_EXCEEDED: u8 = 11;
+const PARAMETER_PROBLEM: u8 = 12;
+/// The IPv4 flags/fragment-offset bits that make a fragment (host order).
+const FRAGMENT_BITS: u16 = 0x3fff;
+
+/// Whether an ICMP type is an error, which quotes the packet it is about.
+#[inline(always)]
+pub fn is_error(kind: u8) -> bool {
+    matches!(kind, DEST_UNREACH | TIME_EXCEEDED | PARAMETER_PROBLEM)
+}
+
+/// The ICMP header; `check` holds network-order bytes.
+#[repr(C)]
+struct IcmpHdr {
+    kind: u8,
+    code: u8,
+    check: u16,
+    rest: u32,
+}
+
+/// Rewrites an ICMP error about a steered flow's reply for its target (see the module
+/// comment); `None` when the frame is not one, which leaves it untouched.
+#[inline(always)]
+pub fn error_to_target(start: usize, end: usize) -> Option<()> {
+    let ip = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN)?;
+    let icmp = ptr_at::<IcmpHdr>(start, end, L4_OFFSET)?;
+    // The quote: an IPv4 header without options (all tether steers), then the ports.
+    let quote = ptr_at::<Ipv4Hdr>(start, end, L4_OFFSET + 8)?;
+    let ports = ptr_at::<Ports>(start, end, L4_OFFSET + 28)?;
+    // SAFETY: ptr_at checked every header read and written below is inside the packet.
+    unsafe {
+        let fragment = u16::from_be((*ip).flags_frag) & FRAGMENT_BITS != 0;
+        if (*ip).version_ihl != 0x45 || (*ip).protocol != ICMP || fragment {
+            return None;
+        }
+        if !is_error((*icmp).kind) {
+            return None;
+        }
+        if (*quote).version_ihl != 0x45 || (*ip).dst != (*quote).src {
+            return None;
+        }
+        // The quoted reply runs VIP → client; its flow, client → VIP.
+        let (vip, client) = ((*quote).src, (*quote).dst);
+        let (vip_port, client_port) = ((*ports).src, (*ports).dst);
+        let key: FlowKeyV4 =
+            transmute([client[0], client[1], vip[0], vip[1], client_port, vip_port]);
+        // By reference, and one call per map (see maps::flows4).
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let flow = match (*quote).protocol {
+            Protocol::TCP => flows4::<true>().get_ptr(&key)?,
+            Protocol::UDP => flows4::<false>().get_ptr(&key)?,
+            _ => return None,
+        };
+        let flow = *flow;
+        let target = *TARGETS.get_ptr(flow.target_id)?;
+        let live = target.state == TargetState::ACTIVE || target.state == TargetState::DRAINING;
+        if !live || target.service_id != flow.service_id {
+            return None;
+        }
+        let (pod, pod_port) = (target_address(&target), target.port);
+
+        (*ip).check = csum::replace4((*ip).check, vip, pod);
+        (*ip).dst = pod;
+        let old_quote_check = (*quote).check;
+        let new_quote_check = csum::replace4(old_quote_check, vip, pod);
+        (*quote).check = new_quote_check;
+        (*quote).src = pod;
+        (*ports).src = pod_port;
+        // The ICMP checksum covers the quote (and no pseudo-header): its source, its header
+        // checksum and its source port changed.
+        let check = csum::replace4((*icmp).check, vip, pod);
+        let check = csum::replace2(check, old_quote_check, new_quote_check);
+        (*icmp).check = csum::replace2(check, vip_port, pod_port);
+    }
+    Some(())
+}
