@@ -14,7 +14,8 @@
 //! What makes the node's cost measurable, for every system alike:
 //!
 //! - the node's veths (`n`, `p<i>`) have GRO on and *threaded NAPI*, their kthreads pinned to the
-//!   node CPU at SCHED_FIFO 1 (softirq work preempts tasks on a real node): everything the node
+//!   node CPU at SCHED_FIFO 1 (softirq work preempts tasks on a real node; every NAPI kthread of
+//!   the lab runs so, see [`preempt_tasks`]): everything the node
 //!   does to a packet (native XDP on a veth runs in its NAPI poll, then GRO, forwarding,
 //!   netfilter, TC egress, the transmit into the next veth) runs in those kthreads, whose CPU
 //!   time is the node's cost;
@@ -311,6 +312,21 @@ pub fn pin_thread(cpus: &[usize]) -> Result<()> {
 }
 
 /// Pins the task `pid` (0: the calling thread) to `cpus` (nothing when empty).
+/// Makes a NAPI kthread run as softirq work does on a real node, where it preempts tasks:
+/// SCHED_FIFO priority 1 (the lowest real-time one; threaded IRQ handlers use 50). Every NAPI
+/// kthread of the lab gets it (node, pods, wire), so no system's receive work waits behind the
+/// load's busy threads (its ring would overflow) while another system's runs in softirq. The
+/// kernel's RT throttling still leaves tasks 5% of the CPU.
+pub fn preempt_tasks(pid: i32) {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: plain syscall on a pid with a valid sched_param.
+    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
+        // Not fatal: nice -20 then.
+        // SAFETY: as above.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, -20) };
+    }
+}
+
 pub fn pin_pid(pid: i32, cpus: &[usize]) -> Result<()> {
     if cpus.is_empty() {
         return Ok(());
@@ -457,6 +473,7 @@ impl Wire {
         );
         for (_, pid) in threads {
             pin_pid(pid, load_cpus)?;
+            preempt_tasks(pid);
             self.threads.push(pid);
         }
         Ok(())
@@ -812,6 +829,7 @@ impl Lab {
         );
         for (_, pid) in &pod_threads {
             pin_pid(*pid, &self.load_cpus)?;
+            preempt_tasks(*pid);
             self.pod_threads.push(*pid);
         }
         if let Some(wire) = self.wire.as_mut() {
@@ -842,17 +860,7 @@ impl Lab {
         );
         for (_, pid) in &threads {
             pin_pid(*pid, &self.node_cpus)?;
-            // Softirq work preempts tasks on a real node: here the kthreads run SCHED_FIFO
-            // (priority 1, the lowest real-time one; threaded IRQ handlers use 50), so other
-            // processes placed on the node CPU neither delay them (their ring would overflow)
-            // nor take their CPU. The kernel's RT throttling still leaves others 5%.
-            let param = libc::sched_param { sched_priority: 1 };
-            // SAFETY: plain syscall on a pid with a valid sched_param.
-            if unsafe { libc::sched_setscheduler(*pid, libc::SCHED_FIFO, &param) } != 0 {
-                // Not fatal: nice -20 then.
-                // SAFETY: as above.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, *pid as libc::id_t, -20) };
-            }
+            preempt_tasks(*pid);
         }
         Ok(threads.into_iter().map(|(_, pid)| pid).collect())
     }
@@ -874,6 +882,15 @@ impl Lab {
                 };
                 Some((role, dropped))
             })
+            .chain(
+                // The node's pod-facing veths: frames XDP transmits into a pod whose ring
+                // (256 frames, fixed for veths) is full are dropped and counted here.
+                self.node_interfaces.iter().skip(1).filter_map(|interface| {
+                    let dropped = link_stat(self.node.name(), interface, "tx", "dropped")?;
+                    let pod = interface.chars().nth(1).unwrap_or('?');
+                    Some((format!("node to pod {pod}"), dropped))
+                }),
+            )
             .collect()
     }
 
