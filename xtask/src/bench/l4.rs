@@ -80,6 +80,11 @@ pub struct Options {
     /// veth (native XDP on a veth copies every locally-sent skb first).
     #[arg(long, value_enum, default_value_t = lab::Ingress::Wire)]
     ingress: lab::Ingress,
+    /// Where the pods' kernel receive processing runs: on the load CPU(s) in their own NAPI
+    /// kthreads (the node CPU then shows the data plane alone), or on the node's CPU in softirq
+    /// as on a real node (the node CPU then includes the pods' receive work).
+    #[arg(long, value_enum, default_value_t = lab::PodReceive::Load)]
+    pod_receive: lab::PodReceive,
     /// XDP attach mode for tether (native or skb).
     #[arg(long, default_value = "native", value_parser = ["native", "skb"])]
     xdp_mode: String,
@@ -203,6 +208,7 @@ pub struct Settings {
     pub xdp_mode: String,
     pub checksums: lab::Checksums,
     pub ingress: lab::Ingress,
+    pub pod_receive: lab::PodReceive,
     pub node_cpus: String,
     pub load_cpus: String,
     pub topology: String,
@@ -795,6 +801,7 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
         &ctx.load_cpus,
         ctx.options.checksums,
         ctx.options.ingress,
+        ctx.options.pod_receive,
         &ctx.dir,
     )?;
     lab.servers = Some(load::Servers::start(&lab.pods, &ctx.load_cpus)?);
@@ -1356,19 +1363,26 @@ fn settings(ctx: &Ctx) -> Settings {
         xdp_mode: o.xdp_mode.clone(),
         checksums: o.checksums,
         ingress: o.ingress,
+        pod_receive: o.pod_receive,
         node_cpus: cpu_list(&ctx.node_cpus),
         load_cpus: cpu_list(&ctx.load_cpus),
         topology: format!(
             "namespaces client -> {}node -> 3 pods over veth pairs, MTU 1500; node veths: GRO + \
              threaded NAPI, kthreads pinned to the node CPU(s) at SCHED_FIFO 1; client/pod veths: \
-             TSO and GSO off (MTU frames reach the node), noqueue (a full ring drops), RPS to the \
-             load CPU(s); pod checksums: {}",
+             TSO and GSO off (MTU frames reach the node), noqueue (a full ring drops), client RPS \
+             to the load CPU(s); pods' receive processing: {}; pod checksums: {}",
             match o.ingress {
                 lab::Ingress::Wire => {
                     "wire (XDP redirect between two veths, NAPI on the load CPU: the node's veth \
                      receives raw frames as from a NIC ring; client checksums complete) -> "
                 }
                 lab::Ingress::Veth => "",
+            },
+            match o.pod_receive {
+                lab::PodReceive::Load => {
+                    "on the load CPU(s) (threaded NAPI at SCHED_FIFO 1, RPS there)"
+                }
+                lab::PodReceive::Node => "on the node CPU (softirq where scheduled, no RPS)",
             },
             match o.checksums {
                 lab::Checksums::Offload => "offload (partial, nothing computed in software)",

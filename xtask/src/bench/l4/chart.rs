@@ -315,9 +315,16 @@ fn draw_header<DB: DrawingBackend>(report: &Report, area: &DrawingArea<DB, Shift
             m.kernel.as_deref().unwrap_or("?")
         ),
         format!(
-            "node NAPI kthreads on CPU {}, client + pods on CPU {}; bulk {} streams, conn-rate {} \
-             in flight",
-            s.node_cpus, s.load_cpus, s.streams, s.concurrency
+            "node NAPI kthreads on CPU {}, client + pods on CPU {}, pods' kernel receive on the \
+             {} CPU; bulk {} streams, conn-rate {} in flight",
+            s.node_cpus,
+            s.load_cpus,
+            match s.pod_receive {
+                super::lab::PodReceive::Load => "load",
+                super::lab::PodReceive::Node => "node",
+            },
+            s.streams,
+            s.concurrency
         ),
         format!(
             "targets: established <= 3x empty: {}   |   tether >= {TARGET_RATIO}x nftables per \

@@ -424,6 +424,20 @@ pub fn softnet_drops() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The wire: a NIC for the node's client-facing veth
 
+/// Where the pods' kernel receive processing (GRO, checksums, TCP/UDP) runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodReceive {
+    /// On the load CPU(s): the pods' veths have threaded NAPI pinned there (and RPS to them),
+    /// so the node's CPU time is what the data plane itself costs. A redirect path that moves
+    /// GRO from the node to the pods looks cheaper on the node than it is in total.
+    Load,
+    /// Where a real node runs it: in softirq on the CPU that handled the packet, the node's
+    /// (the pods' NAPI in softirq, no RPS). The node's CPU time then includes the pods'
+    /// kernel receive work for every system, wherever each system does its GRO.
+    Node,
+}
+
 /// How the client's packets reach the node's client-facing veth.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -644,6 +658,7 @@ pub struct Lab {
     pub id: String,
     dir: PathBuf,
     checksums: Checksums,
+    pod_receive: PodReceive,
     /// (namespace, interface) of the client's and pods' veths.
     senders: Vec<(String, String)>,
     pub node_interfaces: Vec<String>,
@@ -701,6 +716,7 @@ impl Lab {
         load_cpus: &[usize],
         checksums: Checksums,
         ingress: Ingress,
+        pod_receive: PodReceive,
         dir: &Path,
     ) -> Result<Self> {
         let n = LABS.fetch_add(1, Ordering::Relaxed);
@@ -729,6 +745,7 @@ impl Lab {
             id,
             dir: lab_dir,
             checksums,
+            pod_receive,
             senders: Vec::new(),
             node_interfaces: Vec::new(),
             pod_threads: Vec::new(),
@@ -798,7 +815,8 @@ impl Lab {
             }
             netns.ethtool(&interface, ETHTOOL_STSO, false)?;
             netns.ethtool(&interface, ETHTOOL_SGSO, false)?;
-            if let Some(mask) = &rps {
+            let steered = client || self.pod_receive == PodReceive::Load;
+            if let (Some(mask), true) = (&rps, steered) {
                 netns.sysfs_script(&format!(
                     "echo {mask} > /sys/class/net/{interface}/queues/rx-0/rps_cpus"
                 ))?;
@@ -818,13 +836,23 @@ impl Lab {
         // then runs in their own kthreads whatever the node does: an skb the node forwards
         // and a frame XDP transmits into the pod's veth (which needs the pod's NAPI) land in
         // the same place, for every system alike.
+        // With `PodReceive::Node` their NAPI stays in softirq: it runs where it is scheduled,
+        // on the node's CPU.
         for (pod, interface) in self.pods.iter().zip(&pod_interfaces) {
             pod.ethtool(interface, ETHTOOL_SGRO, true)?;
-            pod.sysfs_script(&format!("echo 1 > /sys/class/net/{interface}/threaded\n"))?;
         }
-        let pod_threads = napi_threads(&pod_interfaces);
+        let threaded = self.pod_receive == PodReceive::Load;
+        if threaded {
+            for (pod, interface) in self.pods.iter().zip(&pod_interfaces) {
+                pod.sysfs_script(&format!("echo 1 > /sys/class/net/{interface}/threaded\n"))?;
+            }
+        }
+        let pod_threads = match threaded {
+            true => napi_threads(&pod_interfaces),
+            false => Vec::new(),
+        };
         ensure!(
-            pod_threads.len() == pod_interfaces.len(),
+            !threaded || pod_threads.len() == pod_interfaces.len(),
             "expected one NAPI kthread per pod veth ({pod_interfaces:?}), found {pod_threads:?}"
         );
         for (_, pid) in &pod_threads {
