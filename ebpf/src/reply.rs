@@ -26,7 +26,7 @@ use aya_ebpf::{
     helpers::generated::bpf_redirect,
     programs::TcContext,
 };
-use tether_common::{Counter, FlowKeyV4, InterfaceRole, Protocol};
+use tether_common::{Counter, FlowKeyV4, InterfaceRole, Protocol, ReplyEntryV4};
 
 /// Offsets of the IPv4 checksum and source address in the frame.
 const IP_CSUM_OFFSET: usize = ETH_HDR_LEN + 10;
@@ -80,18 +80,9 @@ pub fn reply<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
     // SAFETY: FlowKeyV4 is 12 bytes of plain data, 2-byte aligned: src, dst, the ports.
     let key: FlowKeyV4 =
         unsafe { core::mem::transmute([src[0], src[1], dst[0], dst[1], src_port, dst_port]) };
-    // By reference, and one call per map (see maps::flows4).
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let nat = if packet.protocol == Protocol::TCP {
-        replies4::<true>().get_ptr(&key)
-    } else {
-        replies4::<false>().get_ptr(&key)
-    };
-    let Some(nat) = nat else {
+    let Some(nat) = reverse_nat(packet.protocol == Protocol::TCP, &key) else {
         return NEXT;
     };
-    // SAFETY: a value pointer from a lookup, read at once.
-    let nat = unsafe { *nat };
 
     // The helpers below invalidate packet pointers: only offsets from here on.
     let from = u64::from(u32::from_ne_bytes(key.src));
@@ -171,18 +162,9 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
         src_port: word(22),
         dst_port: word(20),
     };
-    // By reference, and one call per map (see maps::flows4).
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let nat = if tcp {
-        replies4::<true>().get_ptr(&key)
-    } else {
-        replies4::<false>().get_ptr(&key)
-    };
-    let Some(nat) = nat else {
+    let Some(nat) = reverse_nat(tcp, &key) else {
         return NEXT;
     };
-    // SAFETY: a value pointer from a lookup, read at once.
-    let nat = unsafe { *nat };
     let outer_src = [ip[12], ip[13], ip[14], ip[15]];
     let from_pod = outer_src == pod;
 
@@ -226,6 +208,19 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
         return to_client(ctx, source, client, icmp::ICMP);
     }
     NEXT
+}
+
+/// The reverse-NAT entry of a flow in the reply direction (target → client), copied out.
+#[inline(always)]
+fn reverse_nat(tcp: bool, key: &FlowKeyV4) -> Option<ReplyEntryV4> {
+    // One call per map (see maps::flows4).
+    let nat = if tcp {
+        replies4::<true>().get_ptr(key)
+    } else {
+        replies4::<false>().get_ptr(key)
+    };
+    // SAFETY: a value pointer from a lookup, read at once.
+    nat.map(|nat| unsafe { *nat })
 }
 
 /// Transmits a rewritten reply straight out of the uplink the FIB names for the client, or

@@ -242,16 +242,7 @@ fn udp_sink(socket: &UdpSocket, datagrams: &AtomicU64, stop: &AtomicBool) {
 
 /// The UDP load: [`UDP_FLOWS`] connected sockets, each sending batches of datagrams in turn.
 pub fn udp(client: &Netns, target: SocketAddrV4, cpus: &[usize]) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(Progress::default());
-    let (stop2, progress2, cpus, path) =
-        (stop.clone(), progress.clone(), cpus.to_vec(), client.path());
-    let thread = std::thread::spawn(move || {
-        if lab::enter(&path).is_err() {
-            progress2.errors.fetch_add(1, Ordering::Relaxed);
-            return Vec::new();
-        }
-        let _ = lab::pin_thread(&cpus);
+    Load::in_client(client, cpus, move |stop, progress| {
         let sockets: Vec<UdpSocket> = (0..UDP_FLOWS)
             .filter_map(|_| {
                 let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
@@ -260,11 +251,11 @@ pub fn udp(client: &Netns, target: SocketAddrV4, cpus: &[usize]) -> Load {
             })
             .collect();
         if sockets.len() != UDP_FLOWS {
-            progress2.errors.fetch_add(1, Ordering::Relaxed);
+            progress.errors.fetch_add(1, Ordering::Relaxed);
             return Vec::new();
         }
         let mut batch = Batch::new();
-        while !stop2.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             for socket in &sockets {
                 // SAFETY: the headers point at live buffers; connected sockets need no address.
                 let sent = unsafe {
@@ -276,20 +267,15 @@ pub fn udp(client: &Netns, target: SocketAddrV4, cpus: &[usize]) -> Load {
                     )
                 };
                 if sent > 0 {
-                    progress2.done.fetch_add(sent as u64, Ordering::Relaxed);
+                    progress.done.fetch_add(sent as u64, Ordering::Relaxed);
                 } else {
                     // A full ring or an unreachable answer: counted, and the load goes on.
-                    progress2.errors.fetch_add(1, Ordering::Relaxed);
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         Vec::new()
-    });
-    Load {
-        stop,
-        progress,
-        threads: vec![thread],
-    }
+    })
 }
 
 /// Minimal epoll wrapper: the fd, closed on drop.
@@ -464,6 +450,32 @@ pub struct Load {
 }
 
 impl Load {
+    /// Runs `load` on one thread inside the client's namespace, pinned to `cpus`; what it
+    /// returns (latencies, µs) comes back from [`Load::finish`].
+    fn in_client(
+        client: &Netns,
+        cpus: &[usize],
+        load: impl FnOnce(&AtomicBool, &Progress) -> Vec<u32> + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        let (stop2, progress2, cpus, path) =
+            (stop.clone(), progress.clone(), cpus.to_vec(), client.path());
+        let thread = std::thread::spawn(move || {
+            if lab::enter(&path).is_err() {
+                progress2.errors.fetch_add(1, Ordering::Relaxed);
+                return Vec::new();
+            }
+            let _ = lab::pin_thread(&cpus);
+            load(&stop2, &progress2)
+        });
+        Self {
+            stop,
+            progress,
+            threads: vec![thread],
+        }
+    }
+
     /// Stops the load and returns the latencies recorded (µs, connection rate only).
     pub fn finish(mut self) -> Vec<u32> {
         self.stop.store(true, Ordering::Relaxed);
@@ -547,30 +559,16 @@ pub fn connection_rate(
     concurrency: usize,
     cpus: &[usize],
 ) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(Progress::default());
-    let (stop2, progress2, cpus, path) =
-        (stop.clone(), progress.clone(), cpus.to_vec(), client.path());
-    let thread = std::thread::spawn(move || {
-        if lab::enter(&path).is_err() {
-            progress2.errors.fetch_add(1, Ordering::Relaxed);
-            return Vec::new();
-        }
-        let _ = lab::pin_thread(&cpus);
-        match rate_loop(target, concurrency, &stop2, &progress2) {
+    Load::in_client(client, cpus, move |stop, progress| {
+        match rate_loop(target, concurrency, stop, progress) {
             Ok(latencies) => latencies,
             Err(error) => {
                 eprintln!("connection-rate load: {error:#}");
-                progress2.errors.fetch_add(1, Ordering::Relaxed);
+                progress.errors.fetch_add(1, Ordering::Relaxed);
                 Vec::new()
             }
         }
-    });
-    Load {
-        stop,
-        progress,
-        threads: vec![thread],
-    }
+    })
 }
 
 struct Slot {
