@@ -378,6 +378,29 @@ impl Lab {
             .with_context(|| format!("no counter {name} in {stats}"))
     }
 
+    /// Whether `tether maps interfaces --json`, run in the node's namespace, says XDP
+    /// transmits into `interface`; `None` when the interface is not listed.
+    fn redirects_into(&self, interface: &str) -> Result<Option<bool>> {
+        let output = self
+            .node
+            .command(TETHER)?
+            .args(["maps", "interfaces", "--json", "--pin-dir"])
+            .arg(&self.pins)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "tether maps interfaces: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let document: Value = serde_json::from_slice(&output.stdout)?;
+        let listed = document["interfaces"]
+            .as_array()
+            .context("an interfaces array")?
+            .iter()
+            .find(|entry| entry["name"] == interface);
+        Ok(listed.map(|entry| entry["redirect"] == true))
+    }
+
     /// Datagrams the node's stack forwarded (`Ip: ForwDatagrams` of its /proc/net/snmp).
     fn node_forwarded(&self) -> Result<u64> {
         let snmp = self
@@ -877,6 +900,9 @@ fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
         Ok(())
     };
     stack_path(&lab)?;
+    assert_eq!(lab.redirects_into("p0")?, Some(false));
+    assert_eq!(lab.redirects_into("p1")?, Some(true));
+    assert_eq!(lab.redirects_into("n0")?, Some(false), "the uplink");
 
     // GRO on the pod side: the redirect path, within a rescan or two.
     lab.pod_namespaces[0].set_gro("eth0", true)?;
@@ -898,6 +924,7 @@ fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
     let served = spread(&lab, SPREAD)?;
     assert_eq!(served.get(&pod_name(0)), Some(&SPREAD), "{served:?}");
     assert_eq!(lab.node_forwarded()?, forwarded);
+    assert_eq!(lab.redirects_into("p0")?, Some(true));
 
     // GRO off again: every connection still completes, through the stack once the rescan ran.
     lab.pod_namespaces[0].set_gro("eth0", false)?;

@@ -1,4 +1,4 @@
-//! `tether maps services|targets|flows|stats [--json]`: reads the maps a running (or stopped)
+//! `tether maps services|targets|flows|interfaces|stats [--json]`: reads the maps a running (or stopped)
 //! agent pinned, from a separate process. Human output is an aligned table; `--json` prints
 //! one JSON document.
 use super::maps::Maps;
@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use tether_common::{
-    FlowEntry, FlowKeyV4, Hashing, ServiceKey, TargetEntry, TargetState, TrafficCounters,
-    COUNTER_COUNT, COUNTER_NAMES,
+    FlowEntry, FlowKeyV4, Hashing, InterfaceRole, ServiceKey, TargetEntry, TargetState,
+    TrafficCounters, COUNTER_COUNT, COUNTER_NAMES,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,6 +24,10 @@ pub enum View {
     Targets,
     /// Flows in the flow tables and the target each is pinned to.
     Flows,
+    /// The interfaces the programs know: uplinks, and pod interfaces with whether XDP
+    /// transmits into them (their pod side has NAPI) or leaves their packets to the stack.
+    /// Names are those of this command's network namespace: run it in the agent's.
+    Interfaces,
     /// Global counters (bad packets, new flows, drops, reply NAT).
     Stats,
 }
@@ -44,6 +48,7 @@ pub fn render(view: View, json: bool, pin_dir: &Path) -> Result<String, Error> {
         View::Services => services(&maps, &state)?,
         View::Targets => targets(&maps, &state)?,
         View::Flows => flows(&maps, &state)?,
+        View::Interfaces => interfaces(&maps)?,
         View::Stats => stats(&maps, &state)?,
     };
     Ok(if json {
@@ -329,6 +334,60 @@ fn flows(maps: &Maps, state: &KernelState) -> Result<Rendered, Error> {
         rows,
         json!({ "flows": list }),
     ))
+}
+
+fn interfaces(maps: &Maps) -> Result<Rendered, Error> {
+    let mut entries: Vec<(u32, u32)> = maps
+        .interfaces
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_error("read interfaces"))?;
+    entries.sort_unstable();
+    let mut rows = Vec::new();
+    let mut documents = Vec::new();
+    for (ifindex, value) in entries {
+        let (roles, mtu) = (value & 0xffff, value >> 16);
+        // Names as this process's network namespace knows them: the agent's, when run beside it.
+        let name = interface_name(ifindex);
+        let role = if roles & InterfaceRole::UPLINK != 0 {
+            "uplink"
+        } else if roles & InterfaceRole::XDP_TARGET != 0 {
+            "pod: redirect"
+        } else {
+            "pod: stack (no NAPI on the pod side)"
+        };
+        rows.push(vec![
+            Cell::Number(u64::from(ifindex)),
+            text(name.as_deref().unwrap_or("?")),
+            text(role),
+            Cell::Number(u64::from(mtu)),
+        ]);
+        documents.push(json!({
+            "ifindex": ifindex,
+            "name": name,
+            "uplink": roles & InterfaceRole::UPLINK != 0,
+            "pod": roles & InterfaceRole::POD != 0,
+            "redirect": roles & InterfaceRole::POD != 0 && roles & InterfaceRole::XDP_TARGET != 0,
+            "mtu": mtu,
+        }));
+    }
+    Ok((
+        vec!["IFINDEX", "NAME", "ROLE", "MTU"],
+        rows,
+        json!({ "interfaces": documents }),
+    ))
+}
+
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL-terminated, into buffer.
+    let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 fn stats(maps: &Maps, state: &KernelState) -> Result<Rendered, Error> {
