@@ -232,6 +232,16 @@ impl InterfaceRole {
     /// `ndo-xdp-xmit`; for a veth, its pod side has NAPI). XDP redirects only into pod
     /// interfaces with this bit: the kernel would drop frames redirected into the others.
     pub const XDP_TARGET: u32 = 4;
+
+    /// An [`INTERFACES_MAP`] value: roles in the low 16 bits, the MTU above.
+    pub const fn pack(roles: u32, mtu: u16) -> u32 {
+        roles | ((mtu as u32) << 16)
+    }
+
+    /// The roles and MTU of an [`INTERFACES_MAP`] value.
+    pub const fn unpack(value: u32) -> (u32, u16) {
+        (value & 0xffff, (value >> 16) as u16)
+    }
 }
 
 /// Values of [`NextHop::verdict`].

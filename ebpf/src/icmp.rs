@@ -9,7 +9,7 @@
 use crate::{
     csum,
     maps::{flows4, TARGETS},
-    parse::{ptr_at, Ipv4Hdr, Ports, ETH_HDR_LEN, L4_OFFSET},
+    parse::{ptr_at, Ipv4Hdr, Ports, ETH_HDR_LEN, IPV4_FRAGMENT_BITS, IPV4_HDR_LEN, L4_OFFSET},
     steer::target_address,
 };
 use core::mem::transmute;
@@ -21,8 +21,12 @@ pub const ICMP: u8 = 1;
 const DEST_UNREACH: u8 = 3;
 const TIME_EXCEEDED: u8 = 11;
 const PARAMETER_PROBLEM: u8 = 12;
-/// The IPv4 flags/fragment-offset bits that make a fragment (host order).
-const FRAGMENT_BITS: u16 = 0x3fff;
+/// Offset of the ICMP checksum in the frame.
+pub const CHECKSUM: usize = L4_OFFSET + 2;
+/// The quoted packet: an IPv4 header without options (all tether steers), then the first 8
+/// bytes of its transport header, whose first 4 are the ports.
+pub const QUOTE_IP: usize = L4_OFFSET + 8;
+pub const QUOTE_PORTS: usize = QUOTE_IP + IPV4_HDR_LEN;
 
 /// Whether an ICMP type is an error, which quotes the packet it is about.
 #[inline(always)]
@@ -45,12 +49,11 @@ struct IcmpHdr {
 pub fn error_to_target(start: usize, end: usize) -> Option<()> {
     let ip = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN)?;
     let icmp = ptr_at::<IcmpHdr>(start, end, L4_OFFSET)?;
-    // The quote: an IPv4 header without options (all tether steers), then the ports.
-    let quote = ptr_at::<Ipv4Hdr>(start, end, L4_OFFSET + 8)?;
-    let ports = ptr_at::<Ports>(start, end, L4_OFFSET + 28)?;
+    let quote = ptr_at::<Ipv4Hdr>(start, end, QUOTE_IP)?;
+    let ports = ptr_at::<Ports>(start, end, QUOTE_PORTS)?;
     // SAFETY: ptr_at checked every header read and written below is inside the packet.
     unsafe {
-        let fragment = u16::from_be((*ip).flags_frag) & FRAGMENT_BITS != 0;
+        let fragment = u16::from_be((*ip).flags_frag) & IPV4_FRAGMENT_BITS != 0;
         if (*ip).version_ihl != 0x45 || (*ip).protocol != ICMP || fragment {
             return None;
         }

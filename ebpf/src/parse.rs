@@ -21,7 +21,7 @@ pub const UDP_CSUM_OFFSET: usize = 6;
 /// The IPv4 ethertype as the 16-bit word loaded from the packet.
 const ETH_P_IPV4: u16 = u16::from_ne_bytes([0x08, 0x00]);
 /// More-fragments flag and fragment offset bits of the IPv4 flags/fragment field (host order).
-const IPV4_FRAGMENT_BITS: u16 = 0x3fff;
+pub const IPV4_FRAGMENT_BITS: u16 = 0x3fff;
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;

@@ -115,13 +115,10 @@ pub fn reply<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
     NEXT
 }
 
-const ICMP_CSUM_OFFSET: usize = L4_OFFSET + 2;
-/// The quoted packet: an IPv4 header without options (all tether steers) and the first 8
-/// bytes of its transport header.
-const QUOTE_IP: usize = L4_OFFSET + 8;
-const QUOTE_IP_CSUM: usize = QUOTE_IP + 10;
-const QUOTE_DST: usize = QUOTE_IP + 16;
-const QUOTE_DST_PORT: usize = QUOTE_IP + 22;
+/// Fields of the packet an ICMP error quotes (see `icmp`).
+const QUOTE_IP_CSUM: usize = icmp::QUOTE_IP + 10;
+const QUOTE_DST: usize = icmp::QUOTE_IP + 16;
+const QUOTE_DST_PORT: usize = icmp::QUOTE_PORTS + 2;
 
 /// An ICMP error about a steered flow, on its way to the client: sent by the pod (port
 /// unreachable) or by the node while forwarding to it (fragmentation needed, time exceeded).
@@ -139,7 +136,7 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
     ) else {
         return NEXT;
     };
-    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & parse::IPV4_FRAGMENT_BITS != 0;
     if ip[0] != 0x45 || ip[9] != icmp::ICMP || fragment || !icmp::is_error(message[0]) {
         return NEXT;
     }
@@ -177,18 +174,18 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
     let old_quote_csum = u64::from(word(10));
     let quote_rewritten = ctx.l3_csum_replace(QUOTE_IP_CSUM, from, to, 4).is_ok()
         && ctx.store(QUOTE_DST, &nat.vip, 0).is_ok()
-        && ctx.l4_csum_replace(ICMP_CSUM_OFFSET, from, to, 4).is_ok();
+        && ctx.l4_csum_replace(icmp::CHECKSUM, from, to, 4).is_ok();
     let new_quote_csum = ctx.load::<u16>(QUOTE_IP_CSUM).map(u64::from);
     let rewritten = quote_rewritten
         && match new_quote_csum {
             Ok(new) => ctx
-                .l4_csum_replace(ICMP_CSUM_OFFSET, old_quote_csum, new, 2)
+                .l4_csum_replace(icmp::CHECKSUM, old_quote_csum, new, 2)
                 .is_ok(),
             Err(_) => false,
         }
         && ctx
             .l4_csum_replace(
-                ICMP_CSUM_OFFSET,
+                icmp::CHECKSUM,
                 u64::from(word(22)),
                 u64::from(nat.vip_port),
                 2,

@@ -86,12 +86,12 @@ impl FibParams {
     }
 }
 
-/// The roles and MTU the agent recorded for `ifindex`: roles in the low 16 bits, MTU above.
+/// The roles and MTU the agent recorded for `ifindex`.
 #[inline(always)]
 pub fn interface(ifindex: u32) -> Option<(u32, u16)> {
     // SAFETY: a value pointer from a lookup, read at once.
     let value = unsafe { *INTERFACES.get(ifindex)? };
-    Some((value & 0xffff, (value >> 16) as u16))
+    Some(InterfaceRole::unpack(value))
 }
 
 /// The verdict for a packet just DNATed to `target_id`: `XDP_REDIRECT` into the pod interface

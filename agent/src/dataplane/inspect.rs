@@ -346,7 +346,7 @@ fn interfaces(maps: &Maps) -> Result<Rendered, Error> {
     let mut rows = Vec::new();
     let mut documents = Vec::new();
     for (ifindex, value) in entries {
-        let (roles, mtu) = (value & 0xffff, value >> 16);
+        let (roles, mtu) = InterfaceRole::unpack(value);
         // Names as this process's network namespace knows them: the agent's, when run beside it.
         let name = interface_name(ifindex);
         let role = if roles & InterfaceRole::UPLINK != 0 {

@@ -26,9 +26,9 @@ pub struct Interface {
 }
 
 impl Interface {
-    /// The map value: roles in the low 16 bits, the MTU above (what the kernel side reads).
+    /// The map value (what the kernel side reads).
     pub fn value(&self) -> u32 {
-        self.roles | (u32::from(self.mtu) << 16)
+        InterfaceRole::pack(self.roles, self.mtu)
     }
 }
 
