@@ -28,6 +28,9 @@ pub const TC_PROGRAM: &str = "tether_reply";
 /// The TC program on the ingress of pod interfaces: reverse NAT of replies, then straight out of
 /// the uplink the FIB names (`bpf_redirect`), skipping the node's forwarding path.
 pub const TC_POD_PROGRAM: &str = "tether_from_pod";
+/// The TC program on the uplinks' ingress: moves a packet the XDP program steered to a pod
+/// (and marked, see [`PeerMark`]) straight into the pod's namespace (`bpf_redirect_peer`).
+pub const TC_TO_POD_PROGRAM: &str = "tether_to_pod";
 /// An XDP program that only returns `XDP_PASS`: the baseline the per-packet cost is measured against.
 pub const EMPTY_XDP_PROGRAM: &str = "tether_xdp_nop";
 
@@ -232,6 +235,11 @@ impl InterfaceRole {
     /// `ndo-xdp-xmit`; for a veth, its pod side has NAPI). XDP redirects only into pod
     /// interfaces with this bit: the kernel would drop frames redirected into the others.
     pub const XDP_TARGET: u32 = 4;
+    /// The interface is one end of a pair whose other end is in another network namespace (a
+    /// veth or netkit to a pod), and `dataplane.podDelivery` is `peer`: packets steered to it
+    /// are handed, as skbs after the node's GRO, straight to the other end's ingress
+    /// (`bpf_redirect_peer` from the uplink's TC ingress). Preferred over [`Self::XDP_TARGET`].
+    pub const PEER_TARGET: u32 = 8;
 
     /// An [`INTERFACES_MAP`] value: roles in the low 16 bits, the MTU above.
     pub const fn pack(roles: u32, mtu: u16) -> u32 {
@@ -254,6 +262,25 @@ impl NextHopVerdict {
     pub const REDIRECT: u8 = 1;
     /// Leave the packet to the stack (`XDP_PASS`): the route does not lead to a pod interface.
     pub const STACK: u8 = 2;
+    /// Rewrite the Ethernet addresses and TTL as for [`Self::REDIRECT`], then `XDP_PASS` with
+    /// a [`PeerMark`] naming [`NextHop::ifindex`]: after GRO, the uplink's TC ingress program
+    /// moves the skb into the pod's namespace (`bpf_redirect_peer`).
+    pub const PEER: u8 = 3;
+}
+
+/// What the XDP program leaves in a packet's metadata (in front of the frame, `data_meta`) for
+/// the uplink's TC ingress program: move this packet to the peer of `ifindex`. 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerMark {
+    /// [`PeerMark::MAGIC`]: metadata another XDP program left is not taken for a mark.
+    pub magic: u32,
+    /// The pod interface (the node's end of the pair).
+    pub ifindex: u32,
+}
+
+impl PeerMark {
+    pub const MAGIC: u32 = 0x7465_7468;
 }
 
 /// Value of [`NEXTHOPS_MAP`]: the kernel program's cached route to one target. 32 bytes.
@@ -337,7 +364,8 @@ impl Counter {
     pub const REPLY_ERRORS: u32 = 13;
     /// New flows whose entry could not be stored in the flow tables; steered anyway.
     pub const FLOW_INSERT_ERRORS: u32 = 14;
-    /// Steered packets transmitted straight into a pod interface (`XDP_REDIRECT`).
+    /// Steered packets sent straight to a pod interface: transmitted into it (`XDP_REDIRECT`), or
+    /// marked for the uplink's TC ingress to move into the pod's namespace (`bpf_redirect_peer`).
     pub const REDIRECTED: u32 = 15;
     /// Route lookups (`bpf_fib_lookup`) for a target: a new flow, or a cached route expired.
     pub const ROUTE_LOOKUPS: u32 = 16;
@@ -705,6 +733,7 @@ const _: () = {
     assert!(core::mem::size_of::<ReplyEntryV4>() == 16);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
     assert!(core::mem::size_of::<NextHop>() == 32);
+    assert!(core::mem::size_of::<PeerMark>() == 8);
     assert!(core::mem::size_of::<FlowCacheEntry>() == 24);
     assert!((MAX_SERVICES as u64) * (MAGLEV_SIZE as u64) < u32::MAX as u64);
     assert!(MAX_TARGETS < NO_TARGET);
@@ -794,6 +823,7 @@ mod tests {
             XDP_PROGRAM,
             TC_PROGRAM,
             TC_POD_PROGRAM,
+            TC_TO_POD_PROGRAM,
             EMPTY_XDP_PROGRAM,
         ]) {
             assert!(name.len() <= 15, "{name} is too long for a BPF object name");

@@ -4,12 +4,15 @@
 //!   (VIP:port, TCP or UDP) are steered to a target (pod) and DNATed. A known flow keeps its
 //!   target while that target exists, draining or not; a new flow (TCP SYN, or a UDP packet of
 //!   no known flow) gets a Maglev pick over the service's active targets. Steered packets go
-//!   straight into the target's pod interface when the agent listed it (`XDP_REDIRECT`), up
-//!   the stack otherwise.
+//!   to the target's pod interface when the agent listed it, up the stack otherwise: into
+//!   the pod's namespace after the node's GRO ([`tether_to_pod`]), or transmitted into the
+//!   pod interface (`XDP_REDIRECT`); see `route`.
 //! - [`tether_reply`] (TC, on the same interfaces' egress): replies of steered flows get their
 //!   source rewritten back to the VIP.
 //! - [`tether_from_pod`] (TC, on the ingress of pod interfaces): the same reverse NAT, then the
 //!   reply is transmitted straight out of the uplink the FIB names (`bpf_redirect`).
+//! - [`tether_to_pod`] (TC, on the same interfaces' ingress): packets the XDP program marked
+//!   for a pod go straight to the pod's end of its veth (`bpf_redirect_peer`).
 //! - [`tether_xdp_nop`]: returns `XDP_PASS`; the baseline for per-packet cost measurements.
 //!
 //! Map names and layouts come from `tether-common`; the agent writes the service, target and
@@ -44,6 +47,11 @@ pub fn tether_reply(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tether_from_pod(ctx: TcContext) -> i32 {
     reply::reply::<true>(&ctx)
+}
+
+#[classifier]
+pub fn tether_to_pod(ctx: TcContext) -> i32 {
+    route::to_pod(&ctx)
 }
 
 #[xdp]

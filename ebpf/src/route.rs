@@ -1,11 +1,21 @@
-//! Transmitting straight to the next hop, skipping the node's forwarding path.
+//! Delivering straight to the next hop, skipping the node's forwarding path.
 //!
 //! After DNAT, the XDP program asks the FIB (`bpf_fib_lookup`) where the target lives. When
-//! the route leads out of a pod interface the agent listed ([`InterfaceRole::POD`]) that takes
-//! XDP frames ([`InterfaceRole::XDP_TARGET`]: a veth whose pod side has NAPI), the frame gets the next hop's Ethernet addresses and a decremented TTL and is transmitted into that
-//! interface (`XDP_REDIRECT`): no skb is built on the node, no GRO, no netfilter, no routing.
+//! the route leads out of a pod interface the agent listed ([`InterfaceRole::POD`]), the frame
+//! gets the next hop's Ethernet addresses and a decremented TTL, and one of two paths:
+//!
+//! - **peer** ([`InterfaceRole::PEER_TARGET`]: the interface is a veth or netkit whose other
+//!   end is in the pod's namespace, and `podDelivery` is `peer`): `XDP_PASS` with a
+//!   [`PeerMark`] in the frame's metadata. The node's GRO merges the flow's segments, then the
+//!   uplink's TC ingress program ([`to_pod`]) hands the skb to the pod's end of the pair
+//!   (`bpf_redirect_peer`): no routing, no netfilter, no transmit through the veth, no wake-up
+//!   of another NAPI poll. Cilium's host routing takes the same path.
+//! - **redirect** ([`InterfaceRole::XDP_TARGET`]: a veth whose pod side has NAPI): the frame
+//!   is transmitted into the interface (`XDP_REDIRECT`): no skb is built on the node, but the
+//!   pod then does GRO and checksums per frame.
+//!
 //! Anything else (a route elsewhere, an unresolved neighbour, a TTL about to expire, a packet
-//! over the interface's MTU) goes up the stack as before (`XDP_PASS`), which handles it fully.
+//! over the interface's MTU) goes up the stack unchanged (`XDP_PASS`), which handles it fully.
 //!
 //! The answer is cached per target ([`NextHop`], in [`NEXTHOPS`]) for [`NEXTHOP_TTL_TICKS`],
 //! so an established flow's packet costs one array read instead of a FIB lookup; a new flow
@@ -14,13 +24,15 @@
 //! The reply direction is in `reply.rs` (`to_client`): the pod interface's TC program, after
 //! reverse NAT, transmits the reply straight out of the uplink the FIB names.
 use crate::maps::{count, INTERFACES, NEXTHOPS};
-use crate::parse::Packet;
+use crate::parse::{Ipv4Hdr, Packet, ETH_HDR_LEN, L4_OFFSET};
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect},
-    programs::XdpContext,
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_jiffies64, bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_meta,
+    },
+    programs::{TcContext, XdpContext},
 };
-use tether_common::{Counter, InterfaceRole, NextHop, NextHopVerdict, NEXTHOP_TTL_TICKS};
+use tether_common::{Counter, InterfaceRole, NextHop, NextHopVerdict, PeerMark, NEXTHOP_TTL_TICKS};
 
 const AF_INET: u8 = 2;
 /// `BPF_FIB_LKUP_RET_SUCCESS` and `BPF_FIB_LKUP_RET_NO_NEIGH`.
@@ -112,25 +124,73 @@ pub fn to_target(ctx: &XdpContext, packet: &Packet, target_id: u32, fresh: bool)
             resolve(ctx, packet, hop, now);
         }
         let hop = &*hop;
-        let ip = packet.ip;
-        if hop.verdict != NextHopVerdict::REDIRECT || packet.total_len > hop.mtu || (*ip).ttl <= 1 {
+        let verdict = hop.verdict;
+        let direct = verdict == NextHopVerdict::REDIRECT || verdict == NextHopVerdict::PEER;
+        if !direct || packet.total_len > hop.mtu || (*packet.ip).ttl <= 1 {
             return xdp_action::XDP_PASS;
         }
-        // What the stack's forwarding would do: one hop less, the next hop's addresses.
+        if verdict == NextHopVerdict::PEER {
+            return to_peer(ctx, hop.ifindex, &hop.macs);
+        }
+        forward(packet.eth, packet.ip, &hop.macs);
+        count(Counter::REDIRECTED);
+        bpf_redirect(hop.ifindex, 0) as u32
+    }
+}
+
+/// What the stack's forwarding would do to the frame: one hop less, the next hop's addresses.
+///
+/// # Safety
+/// `eth` and `ip` point at the frame's Ethernet and (checked) IPv4 headers.
+#[inline(always)]
+unsafe fn forward(eth: usize, ip: *mut Ipv4Hdr, macs: &[u8; 12]) {
+    unsafe {
         (*ip).ttl -= 1;
         let check = u32::from((*ip).check) + u32::from(0x0100u16.to_be());
         (*ip).check = (check + (check >> 16)) as u16;
         // As 16-bit words (the frame is 2-byte aligned, the map value 8-byte aligned), without
         // overlap: LLVM inlines that as six loads and stores, where a plain array assignment
         // becomes a call to a byte-by-byte memmove.
-        core::ptr::copy_nonoverlapping(hop.macs.as_ptr().cast::<u16>(), packet.eth as *mut u16, 6);
-        count(Counter::REDIRECTED);
-        bpf_redirect(hop.ifindex, 0) as u32
+        core::ptr::copy_nonoverlapping(macs.as_ptr().cast::<u16>(), eth as *mut u16, 6);
     }
+}
+
+/// The [`NextHopVerdict::PEER`] path: the frame is rewritten as for a redirect and goes up the
+/// stack (`XDP_PASS`) carrying a [`PeerMark`] in its metadata; after GRO the uplink's TC
+/// ingress program (`to_pod`) moves it into the pod's namespace.
+///
+/// If the driver keeps no metadata, the frame goes up the stack unchanged, which forwards it.
+///
+/// # Safety
+/// The frame was parsed (an IPv4 header follows the Ethernet header) and checked for TTL.
+#[inline(always)]
+unsafe fn to_peer(ctx: &XdpContext, ifindex: u32, macs: &[u8; 12]) -> u32 {
+    let mark_len = core::mem::size_of::<PeerMark>();
+    // SAFETY: the context is the program's xdp_md. Every packet pointer is stale after it.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(mark_len as i32)) } != 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let (meta, eth, end) = (ctx.metadata(), ctx.data(), ctx.data_end());
+    // Always true (the metadata was just made, the frame parsed); the verifier needs to see it.
+    if meta + mark_len > eth || eth + L4_OFFSET > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: both ranges were checked just above.
+    unsafe {
+        // Two 4-byte stores: the metadata is 4-byte aligned, as the kernel requires of its size.
+        let mark = meta as *mut u32;
+        *mark = PeerMark::MAGIC;
+        *mark.add(1) = ifindex;
+        forward(eth, (eth + ETH_HDR_LEN) as *mut Ipv4Hdr, macs);
+    }
+    count(Counter::REDIRECTED);
+    xdp_action::XDP_PASS
 }
 
 /// Roles an interface needs for XDP to transmit into it: a pod interface that takes XDP frames.
 const REDIRECT_INTO: u32 = InterfaceRole::POD | InterfaceRole::XDP_TARGET;
+/// Roles an interface needs for the peer path: a pod interface whose other end is a pod's.
+const PEER_INTO: u32 = InterfaceRole::POD | InterfaceRole::PEER_TARGET;
 
 /// Asks the FIB for the route to the packet's (new) destination and caches the answer.
 #[inline(always)]
@@ -152,20 +212,53 @@ unsafe fn resolve(ctx: &XdpContext, packet: &Packet, hop: *mut NextHop, now: u64
             return;
         }
         let pod = match interface(params.ifindex) {
-            Some((roles, mtu)) if rc == FIB_SUCCESS && roles & REDIRECT_INTO == REDIRECT_INTO => {
-                Some(mtu)
+            Some((roles, mtu)) if rc == FIB_SUCCESS => {
+                if roles & PEER_INTO == PEER_INTO {
+                    Some((mtu, NextHopVerdict::PEER))
+                } else if roles & REDIRECT_INTO == REDIRECT_INTO {
+                    Some((mtu, NextHopVerdict::REDIRECT))
+                } else {
+                    None
+                }
             }
             _ => None,
         };
         (*hop).expires = now + NEXTHOP_TTL_TICKS;
         match pod {
-            Some(mtu) => {
+            Some((mtu, verdict)) => {
                 (*hop).macs = params.header_macs();
                 (*hop).ifindex = params.ifindex;
                 (*hop).mtu = mtu;
-                (*hop).verdict = NextHopVerdict::REDIRECT;
+                (*hop).verdict = verdict;
             }
             None => (*hop).verdict = NextHopVerdict::STACK,
         }
     }
+}
+
+/// The uplinks' TC ingress program: a packet the XDP program marked for the peer path (see
+/// [`to_peer`]) is moved into the pod's namespace, to the ingress of the pod's end of the pair
+/// (`bpf_redirect_peer`): no forwarding, no netfilter, no transmit through the veth, no second
+/// NAPI poll. It runs after GRO, once per merged skb. Everything else passes untouched.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext) -> i32 {
+    // SAFETY: the context of a TC program is its __sk_buff; data_meta and data are readable.
+    let (meta, data) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).data_meta as usize, (*skb).data as usize)
+    };
+    if meta + core::mem::size_of::<PeerMark>() > data {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: checked just above: the mark is inside the metadata.
+    let (magic, ifindex) = unsafe {
+        let mark = meta as *const u32;
+        (*mark, *mark.add(1))
+    };
+    if magic != PeerMark::MAGIC {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: no preconditions; TC_ACT_REDIRECT on success, and the kernel drops the packet
+    // (counted on the interface) if the peer turns out unusable.
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
 }

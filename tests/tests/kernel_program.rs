@@ -17,7 +17,7 @@ use aya::{Ebpf, TestRun, TestRunOptions};
 use std::path::{Path, PathBuf};
 use tether_common::{
     client_hash_v4, flow_hash_v4, maglev_slot, port_bit, Counter, FlowEntry, FlowKeyV4, Hashing,
-    MapKind, NextHop, NextHopVerdict, Protocol, ReplyEntryV4, ServiceEntry, ServiceKey,
+    MapKind, NextHop, NextHopVerdict, PeerMark, Protocol, ReplyEntryV4, ServiceEntry, ServiceKey,
     TargetEntry, TargetState, TrafficCounters, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES,
     EMPTY_XDP_PROGRAM, MAGLEV_MAP, MAGLEV_SIZE, MAP_SPECS, NEXTHOPS_MAP, NO_TARGET, PORTS_MAP,
     SERVICES_MAP, SERVICE_COUNTERS_MAP, TARGETS_MAP, TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP,
@@ -1614,6 +1614,56 @@ fn a_flow_routed_to_a_pod_interface_is_transmitted_straight_into_it() {
     // The cached route answered: only the SYN asked the FIB.
     assert_eq!(counters.get(Counter::ROUTE_LOOKUPS), 1);
     assert_eq!(kernel.target_traffic(target).packets, 4);
+}
+
+/// The peer path (`podDelivery: peer`): the frame is rewritten as for a redirect (DNAT, the
+/// next hop's addresses, TTL - 1) but passes up the stack, carrying a mark in its metadata that
+/// names the pod interface; the uplink's TC ingress program acts on the mark after GRO.
+#[test]
+fn a_flow_routed_into_a_pods_namespace_passes_marked_for_the_peer_path() {
+    if !privileged("a_flow_routed_into_a_pods_namespace_passes_marked_for_the_peer_path") {
+        return;
+    }
+    let mut kernel = kernel_with_service();
+    let target = kernel.steered_to(&syn(CLIENT_PORT));
+    kernel.set_nexthop(
+        target,
+        NextHop {
+            verdict: NextHopVerdict::PEER,
+            ..route_to_pod(1500)
+        },
+    );
+    let packet = data(CLIENT_PORT);
+    let mut mark = PeerMark::MAGIC.to_ne_bytes().to_vec();
+    mark.extend_from_slice(&POD_IFINDEX.to_ne_bytes());
+    for _ in 0..3 {
+        let (verdict, out) = kernel.run_xdp(&packet);
+        assert_eq!(verdict, XDP_PASS);
+        // The test run returns the metadata in front of the frame.
+        let (metadata, frame) = out.split_at(std::mem::size_of::<PeerMark>());
+        assert_eq!(metadata, mark.as_slice());
+        let dnated = with_destination(&packet, pod_addr(target), POD_PORT);
+        assert_eq!(frame, forwarded(&dnated, POD_MACS));
+        assert_checksums_verify(frame);
+    }
+    let counters = kernel.counters();
+    assert_eq!(counters.get(Counter::REDIRECTED), 3);
+    assert_eq!(counters.get(Counter::ROUTE_LOOKUPS), 1);
+
+    // What a router would not forward as is goes up unmarked and unrewritten, as on the
+    // redirect path.
+    let last_hop = with_ttl(&packet, 1);
+    let (verdict, out) = kernel.run_xdp(&last_hop);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out.len(), last_hop.len(), "no metadata");
+    assert_eq!(
+        out[..12],
+        last_hop[..12],
+        "the addresses are the stack's business"
+    );
+    assert_eq!(out[ETH_HDR_LEN + 8], 1, "the TTL is left to the stack");
+    assert_checksums_verify(&out);
+    assert_eq!(kernel.counters().get(Counter::REDIRECTED), 3);
 }
 
 #[test]
