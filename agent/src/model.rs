@@ -60,9 +60,25 @@ pub struct DataplaneSettings {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     /// Names or patterns (`*`, `?`) of the node's interfaces that lead to pods: steered packets
-    /// are transmitted straight into them and their replies straight out of the uplinks. Empty:
+    /// are delivered straight to them and their replies sent straight out of the uplinks. Empty:
     /// the stack forwards both ways.
     pub pod_interfaces: Vec<String>,
+    /// How steered packets reach a pod interface.
+    pub pod_delivery: PodDelivery,
+}
+
+/// How steered packets reach a pod interface (`dataplane.podDelivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodDelivery {
+    /// Up the uplink's stack as far as GRO, then straight to the pod's end of its veth
+    /// (`bpf_redirect_peer` from the uplink's TC ingress), as Cilium's host routing does: the
+    /// node's GRO merges segments once, and the pod's receive runs there and then, with no
+    /// second queue or wake-up. Pod interfaces that are not a pair into another namespace
+    /// fall back to `Redirect`'s rule.
+    Peer,
+    /// Transmitted into the pod interface by XDP (`XDP_REDIRECT`), where it takes XDP frames
+    /// (its pod side has NAPI); the pod then does GRO and checksums per frame.
+    Redirect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,6 +36,24 @@ const SPREAD: usize = 30;
 const WAIT: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `dataplane.podDelivery`: how steered packets reach a pod interface.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Delivery {
+    /// After the node's GRO, into the pod's namespace (`bpf_redirect_peer`).
+    Peer,
+    /// Transmitted into the pod's veth by XDP (`XDP_REDIRECT`).
+    Redirect,
+}
+
+impl Delivery {
+    fn name(self) -> &'static str {
+        match self {
+            Delivery::Peer => "peer",
+            Delivery::Redirect => "redirect",
+        }
+    }
+}
+
 fn pod_addr(pod: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, pod as u8 + 1, 2)
 }
@@ -137,8 +155,12 @@ struct Lab {
     config: PathBuf,
     log: PathBuf,
     dir: PathBuf,
-    /// Whether the configuration lists the node's pod veths as `podInterfaces`.
+    /// Whether the configuration lists the node's pod veths as `podInterfaces`, and with which
+    /// `podDelivery`.
     pod_interfaces: bool,
+    pod_delivery: Delivery,
+    /// `dataplane.xdpMode`.
+    xdp_mode: &'static str,
     /// Whether the configuration also has the UDP service `VIP:53` → the targets' port 5353,
     /// where no pod listens.
     udp_service: bool,
@@ -169,6 +191,8 @@ impl Lab {
             log: dir.join("tether.log"),
             dir,
             pod_interfaces: false,
+            pod_delivery: Delivery::Peer,
+            xdp_mode: "native",
             udp_service: false,
             pods: Vec::new(),
             client,
@@ -183,13 +207,17 @@ impl Lab {
     }
 
     /// A lab whose configuration lists the node's pod veths (`p*`) as `podInterfaces`: steered
-    /// packets go straight into them and replies straight out of `n0`. The pods' veths have
-    /// GRO on, hence NAPI, which a veth needs to take frames XDP transmits into its peer.
-    fn redirecting(tag: &str) -> Result<Self> {
+    /// packets go straight to them and replies straight out of `n0`. With
+    /// [`Delivery::Redirect`] the pods' veths have GRO on, hence NAPI, which a veth needs to
+    /// take frames XDP transmits into its peer; the peer path needs none.
+    fn delivering(tag: &str, delivery: Delivery) -> Result<Self> {
         let mut lab = Self::new(tag)?;
         lab.pod_interfaces = true;
-        for netns in &lab.pod_namespaces {
-            netns.enable_gro("eth0")?;
+        lab.pod_delivery = delivery;
+        if delivery == Delivery::Redirect {
+            for netns in &lab.pod_namespaces {
+                netns.enable_gro("eth0")?;
+            }
         }
         Ok(lab)
     }
@@ -209,7 +237,7 @@ impl Lab {
         let gateway = Ipv4Addr::new(10, 77, pod as u8 + 1, 1);
         netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
         netns.disable_tx_checksum("eth0")?;
-        if self.pod_interfaces {
+        if self.pod_interfaces && self.pod_delivery == Delivery::Redirect {
             netns.enable_gro("eth0")?;
         }
         self.node
@@ -222,12 +250,16 @@ impl Lab {
     /// Writes the configuration: the pods in `targets` with their weights.
     fn configure(&self, targets: &[(usize, u32)]) -> Result<()> {
         let pod_interfaces = if self.pod_interfaces {
-            "  podInterfaces: [\"p*\"]\n"
+            format!(
+                "  podInterfaces: [\"p*\"]\n  podDelivery: {}\n",
+                self.pod_delivery.name()
+            )
         } else {
-            ""
+            String::new()
         };
         let mut yaml = format!(
-            "dataplane:\n  interfaces: [n0]\n  xdpMode: native\n{pod_interfaces}services:\n  web:\n    listen: {VIP}:{VIP_PORT}\n    protocol: tcp\n    targets:\n"
+            "dataplane:\n  interfaces: [n0]\n  xdpMode: {}\n{pod_interfaces}services:\n  web:\n    listen: {VIP}:{VIP_PORT}\n    protocol: tcp\n    targets:\n",
+            self.xdp_mode
         );
         for (pod, weight) in targets {
             yaml.push_str(&format!(
@@ -378,9 +410,10 @@ impl Lab {
             .with_context(|| format!("no counter {name} in {stats}"))
     }
 
-    /// Whether `tether maps interfaces --json`, run in the node's namespace, says XDP
-    /// transmits into `interface`; `None` when the interface is not listed.
-    fn redirects_into(&self, interface: &str) -> Result<Option<bool>> {
+    /// How `tether maps interfaces --json`, run in the node's namespace, says steered packets
+    /// reach `interface` (`peer`, `redirect`, `stack`; null for an uplink); `None` when the
+    /// interface is not listed.
+    fn delivery_to(&self, interface: &str) -> Result<Option<Value>> {
         let output = self
             .node
             .command(TETHER)?
@@ -398,7 +431,7 @@ impl Lab {
             .context("an interfaces array")?
             .iter()
             .find(|entry| entry["name"] == interface);
-        Ok(listed.map(|entry| entry["redirect"] == true))
+        Ok(listed.map(|entry| entry["delivery"].clone()))
     }
 
     /// Datagrams the node's stack forwarded (`Ip: ForwDatagrams` of its /proc/net/snmp).
@@ -775,19 +808,41 @@ fn maps_and_cleanup_explain_what_is_missing() -> Result<()> {
 }
 
 /// With `podInterfaces` listed, both directions skip the node's forwarding path: steered
-/// packets go straight into the pod veths (XDP_REDIRECT) and replies, reverse-NATed on the pod
-/// veth's ingress, straight out of `n0` (TC `bpf_redirect`); the node's stack forwards nothing.
-/// Drain works the same on that path; a pod veth that appears later is picked up by the
-/// rescan; taking the list out of the configuration puts the stack back in the path.
+/// packets go straight to the pod veths and replies, reverse-NATed on the pod veth's ingress,
+/// straight out of `n0` (TC `bpf_redirect`); the node's stack forwards nothing. That holds for
+/// both deliveries: into the pod's namespace after GRO (`peer`, through the uplink's TC
+/// ingress) and transmitted into the veth by XDP (`redirect`). Drain works the same on those
+/// paths; a pod veth that appears later is picked up by the rescan; taking the list out of the
+/// configuration puts the stack back in the path.
 #[test]
 fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
     if !ready("pod_interfaces_skip_the_nodes_forwarding_both_ways") {
         return Ok(());
     }
-    let mut lab = Lab::redirecting("redirect")?;
+    // Generic XDP (skb mode) hands the peer path's mark on too.
+    for (delivery, xdp_mode) in [
+        (Delivery::Peer, "native"),
+        (Delivery::Redirect, "native"),
+        (Delivery::Peer, "skb"),
+    ] {
+        skip_the_nodes_forwarding(delivery, xdp_mode)
+            .with_context(|| format!("podDelivery: {}, xdpMode: {xdp_mode}", delivery.name()))?;
+    }
+    Ok(())
+}
+
+fn skip_the_nodes_forwarding(delivery: Delivery, xdp_mode: &'static str) -> Result<()> {
+    let mut lab = Lab::delivering(&format!("{}-{xdp_mode}", delivery.name()), delivery)?;
+    lab.xdp_mode = xdp_mode;
     lab.configure(&all_active())?;
     lab.start_agent()?;
     lab.wait_for_pod_links(&["p0", "p1", "p2"])?;
+    // The pods' veths have no NAPI on the peer path (GRO is off): that path needs none.
+    assert_eq!(
+        lab.delivery_to("p0")?,
+        Some(Value::from(delivery.name())),
+        "{delivery:?}"
+    );
 
     // The first packets to each pod wait for the node to resolve its neighbour: the stack
     // forwards those. From then on, nothing.
@@ -815,7 +870,7 @@ fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
         "{answered} replies redirected"
     );
 
-    // Drain on the redirect path: the long connection keeps its pod, new ones avoid it.
+    // Drain on this path: the long connection keeps its pod, new ones avoid it.
     let (mut long, pinned, _) = drain_a_long_connections_pod(&lab)?;
     let redirected = lab.counter("redirected")?;
     for i in 0..5 {
@@ -826,7 +881,7 @@ fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
     assert!(!during.contains_key(&pinned), "{during:?}");
 
     // A pod whose veth appears while the agent runs: the rescan attaches the reply program,
-    // and its flows take the redirect path too.
+    // and its flows take the same path.
     lab.add_pod(PODS)?;
     lab.wait_for_pod_links(&["p0", "p1", "p2", "p3"])?;
     let mut targets = all_active();
@@ -876,7 +931,7 @@ fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
     if !ready("a_pod_veth_without_napi_is_served_by_the_stack") {
         return Ok(());
     }
-    let mut lab = Lab::redirecting("nonapi")?;
+    let mut lab = Lab::delivering("nonapi", Delivery::Redirect)?;
     lab.pod_namespaces[0].set_gro("eth0", false)?;
     let only_pod_0 = [(0, 100)];
     lab.configure(&only_pod_0)?;
@@ -900,9 +955,9 @@ fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
         Ok(())
     };
     stack_path(&lab)?;
-    assert_eq!(lab.redirects_into("p0")?, Some(false));
-    assert_eq!(lab.redirects_into("p1")?, Some(true));
-    assert_eq!(lab.redirects_into("n0")?, Some(false), "the uplink");
+    assert_eq!(lab.delivery_to("p0")?, Some(Value::from("stack")));
+    assert_eq!(lab.delivery_to("p1")?, Some(Value::from("redirect")));
+    assert_eq!(lab.delivery_to("n0")?, Some(Value::Null), "the uplink");
 
     // GRO on the pod side: the redirect path, within a rescan or two.
     lab.pod_namespaces[0].set_gro("eth0", true)?;
@@ -924,7 +979,7 @@ fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
     let served = spread(&lab, SPREAD)?;
     assert_eq!(served.get(&pod_name(0)), Some(&SPREAD), "{served:?}");
     assert_eq!(lab.node_forwarded()?, forwarded);
-    assert_eq!(lab.redirects_into("p0")?, Some(true));
+    assert_eq!(lab.delivery_to("p0")?, Some(Value::from("redirect")));
 
     // GRO off again: every connection still completes, through the stack once the rescan ran.
     lab.pod_namespaces[0].set_gro("eth0", false)?;
@@ -948,15 +1003,16 @@ fn icmp_errors_from_a_pod_reach_the_clients_socket() -> Result<()> {
     if !ready("icmp_errors_from_a_pod_reach_the_clients_socket") {
         return Ok(());
     }
-    for redirecting in [false, true] {
-        let mut lab = match redirecting {
-            false => Lab::new("icmp")?,
-            true => Lab::redirecting("icmpr")?,
+    for delivery in [None, Some(Delivery::Redirect), Some(Delivery::Peer)] {
+        let mut lab = match delivery {
+            None => Lab::new("icmp")?,
+            Some(Delivery::Redirect) => Lab::delivering("icmpr", Delivery::Redirect)?,
+            Some(Delivery::Peer) => Lab::delivering("icmpp", Delivery::Peer)?,
         };
         lab.udp_service = true;
         lab.configure(&all_active())?;
         lab.start_agent()?;
-        if redirecting {
+        if delivery.is_some() {
             lab.wait_for_pod_links(&["p0", "p1", "p2"])?;
         }
         let refused = |port: u16| -> Result<ErrorKind> {
@@ -977,7 +1033,7 @@ fn icmp_errors_from_a_pod_reach_the_clients_socket() -> Result<()> {
             assert_eq!(
                 refused(41_000 + port)?,
                 ErrorKind::ConnectionRefused,
-                "redirecting: {redirecting}, flow {port}:\n{}",
+                "delivery: {delivery:?}, flow {port}:\n{}",
                 lab.logs()
             );
         }

@@ -349,12 +349,21 @@ fn interfaces(maps: &Maps) -> Result<Rendered, Error> {
         let (roles, mtu) = InterfaceRole::unpack(value);
         // Names as this process's network namespace knows them: the agent's, when run beside it.
         let name = interface_name(ifindex);
-        let role = if roles & InterfaceRole::UPLINK != 0 {
-            "uplink"
+        // Which path the XDP program gives packets steered to this interface (route.rs).
+        let delivery = if roles & InterfaceRole::POD == 0 {
+            None
+        } else if roles & InterfaceRole::PEER_TARGET != 0 {
+            Some("peer")
         } else if roles & InterfaceRole::XDP_TARGET != 0 {
-            "pod: redirect"
+            Some("redirect")
         } else {
-            "pod: stack (no NAPI on the pod side)"
+            Some("stack")
+        };
+        let role = match delivery {
+            None => "uplink",
+            Some("peer") => "pod: peer (into the pod's namespace after GRO)",
+            Some("redirect") => "pod: redirect (XDP frames into the veth)",
+            Some(_) => "pod: stack (no NAPI on the pod side, no pair into a pod)",
         };
         rows.push(vec![
             Cell::Number(u64::from(ifindex)),
@@ -367,7 +376,7 @@ fn interfaces(maps: &Maps) -> Result<Rendered, Error> {
             "name": name,
             "uplink": roles & InterfaceRole::UPLINK != 0,
             "pod": roles & InterfaceRole::POD != 0,
-            "redirect": roles & InterfaceRole::POD != 0 && roles & InterfaceRole::XDP_TARGET != 0,
+            "delivery": delivery,
             "mtu": mtu,
         }));
     }

@@ -7,7 +7,7 @@
 //! `SIOCGIFMTU`, both of which answer for the agent's own network namespace (sysfs answers for
 //! the namespace it was mounted in, which `nsenter --net` does not change).
 use super::Error;
-use crate::model::DataplaneSettings;
+use crate::model::{DataplaneSettings, PodDelivery};
 use aya::maps::{HashMap, MapData, MapError};
 use std::collections::BTreeMap;
 use std::ffi::CStr;
@@ -86,10 +86,15 @@ pub struct Link {
     pub mtu: u16,
     /// Whether it takes frames XDP transmits into it (see [`super::netdev`]).
     pub takes_xdp_frames: bool,
+    /// Whether it is one end of a veth or netkit pair whose other end is in another namespace
+    /// (see [`super::netdev`]).
+    pub pair_into_other_namespace: bool,
 }
 
 /// What the map should hold for `links` under `settings`. An uplink is never also a pod
-/// interface; a pod interface that takes XDP frames also gets [`InterfaceRole::XDP_TARGET`].
+/// interface. A pod interface gets [`InterfaceRole::PEER_TARGET`] when it is a pair into
+/// another namespace and delivery is [`PodDelivery::Peer`], and [`InterfaceRole::XDP_TARGET`]
+/// when it takes XDP frames (the kernel program prefers the first).
 pub fn desired(settings: &DataplaneSettings, links: &[Link]) -> BTreeMap<u32, Interface> {
     let mut wanted = BTreeMap::new();
     for link in links {
@@ -100,10 +105,14 @@ pub fn desired(settings: &DataplaneSettings, links: &[Link]) -> BTreeMap<u32, In
             .iter()
             .any(|pattern| matches(pattern, &link.name))
         {
-            match link.takes_xdp_frames {
-                true => InterfaceRole::POD | InterfaceRole::XDP_TARGET,
-                false => InterfaceRole::POD,
+            let mut roles = InterfaceRole::POD;
+            if link.takes_xdp_frames {
+                roles |= InterfaceRole::XDP_TARGET;
             }
+            if link.pair_into_other_namespace && settings.pod_delivery == PodDelivery::Peer {
+                roles |= InterfaceRole::PEER_TARGET;
+            }
+            roles
         } else {
             continue;
         };
@@ -166,6 +175,8 @@ pub fn list() -> Result<Vec<Link>, Error> {
             Default::default()
         }
     };
+    let pairs = super::netdev::pairs_into_other_namespaces()
+        .map_err(io("ask the kernel which interfaces are veths into pods"))?;
     let mut links = Vec::with_capacity(names.len());
     for (name, ifindex) in names {
         // An interface gone since the listing is simply left out.
@@ -175,6 +186,7 @@ pub fn list() -> Result<Vec<Link>, Error> {
                 ifindex,
                 mtu,
                 takes_xdp_frames: xdp_targets.contains(&ifindex),
+                pair_into_other_namespace: pairs.contains(&ifindex),
             });
         }
     }
@@ -291,25 +303,28 @@ mod tests {
 
     #[test]
     fn uplinks_and_pods_get_their_roles() {
-        let settings = DataplaneSettings {
+        let mut settings = DataplaneSettings {
             interfaces: vec!["eth0".into()],
             xdp_mode: XdpMode::Native,
             pod_interfaces: vec!["veth*".into(), "eth*".into()],
+            pod_delivery: PodDelivery::Peer,
         };
-        let link = |name: &str, ifindex, mtu, takes_xdp_frames| Link {
+        let link = |name: &str, ifindex, mtu, takes_xdp_frames, pair| Link {
             name: name.to_owned(),
             ifindex,
             mtu,
             takes_xdp_frames,
+            pair_into_other_namespace: pair,
         };
         let links = vec![
-            link("lo", 1, 65535, false),
-            link("eth0", 2, 1500, true),
-            link("veth1", 7, 1450, false),
-            link("eth1", 9, 9000, true),
+            link("lo", 1, 65535, false, false),
+            link("eth0", 2, 1500, true, true),
+            link("veth1", 7, 1450, false, false),
+            link("eth1", 9, 9000, true, false),
+            link("veth2", 11, 1500, true, true),
         ];
         let wanted = desired(&settings, &links);
-        assert_eq!(wanted.len(), 3);
+        assert_eq!(wanted.len(), 4);
         assert_eq!(
             wanted[&2].roles,
             InterfaceRole::UPLINK,
@@ -318,7 +333,7 @@ mod tests {
         assert_eq!(
             wanted[&7].roles,
             InterfaceRole::POD,
-            "no NAPI on the pod side"
+            "no NAPI on the pod side, no pair into a pod"
         );
         assert_eq!(wanted[&7].value(), InterfaceRole::POD | (1450 << 16));
         assert_eq!(
@@ -326,6 +341,17 @@ mod tests {
             InterfaceRole::POD | InterfaceRole::XDP_TARGET
         );
         assert_eq!(wanted[&9].mtu, 9000);
+        assert_eq!(
+            wanted[&11].roles,
+            InterfaceRole::POD | InterfaceRole::XDP_TARGET | InterfaceRole::PEER_TARGET
+        );
         assert!(!wanted.contains_key(&1));
+
+        settings.pod_delivery = PodDelivery::Redirect;
+        assert_eq!(
+            desired(&settings, &links)[&11].roles,
+            InterfaceRole::POD | InterfaceRole::XDP_TARGET,
+            "redirect delivery never takes the peer path"
+        );
     }
 }

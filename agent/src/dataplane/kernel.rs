@@ -18,7 +18,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use std::path::Path;
-use tether_common::{MAP_SPECS, TC_POD_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
+use tether_common::{MAP_SPECS, TC_POD_PROGRAM, TC_PROGRAM, TC_TO_POD_PROGRAM, XDP_PROGRAM};
 use tracing::{info, warn};
 
 /// bpf_link attachments for TC (TCX) arrived in Linux 6.6; XDP links in 5.9.
@@ -52,7 +52,7 @@ impl Kernel {
             action: "load",
             source,
         })?;
-        for name in [TC_PROGRAM, TC_POD_PROGRAM] {
+        for name in [TC_PROGRAM, TC_TO_POD_PROGRAM, TC_POD_PROGRAM] {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
             tc.load().map_err(|source| Error::Program {
                 program: name,
@@ -70,8 +70,8 @@ impl Kernel {
         ))
     }
 
-    /// Makes the pinned attachments exactly XDP (in `mode`) on the ingress and TC on the egress
-    /// of `interfaces`, replacing the programs in links that already exist. Returns a line per
+    /// Makes the pinned attachments exactly XDP (in `mode`) and the peer-path TC program on the
+    /// ingress, and the reply TC program on the egress of `interfaces`, replacing the programs in links that already exist. Returns a line per
     /// change, for the log.
     pub fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<Vec<String>, Error> {
         let mut changes = Vec::new();
@@ -80,7 +80,7 @@ impl Kernel {
         for (path, link) in self.pins.links() {
             let keep = match &link {
                 LinkPin::Xdp { mode: pinned, .. } => *pinned == mode,
-                LinkPin::Tc { .. } => true,
+                LinkPin::Tc { .. } | LinkPin::ToPod { .. } => true,
                 // Pod interfaces are `attach_pods`' business.
                 LinkPin::FromPod { .. } => continue,
             } && interfaces.iter().any(|i| i == link.interface());
@@ -97,6 +97,11 @@ impl Kernel {
             let tc_pin = LinkPin::Tc {
                 interface: interface.clone(),
             };
+            let to_pod_pin = LinkPin::ToPod {
+                interface: interface.clone(),
+            };
+            // The TC ingress program first: the XDP program's marks need it.
+            changes.push(self.attach_tc(&to_pod_pin, interface)?);
             changes.push(self.attach_xdp(&xdp_pin, interface, mode)?);
             changes.push(self.attach_tc(&tc_pin, interface)?);
         }
@@ -201,11 +206,13 @@ impl Kernel {
         ))
     }
 
-    /// The reply program on an uplink's egress ([`LinkPin::Tc`]) or a pod interface's ingress
-    /// ([`LinkPin::FromPod`]).
+    /// A TC program: the reply program on an uplink's egress ([`LinkPin::Tc`]) or a pod
+    /// interface's ingress ([`LinkPin::FromPod`]), the peer-path program on an uplink's ingress
+    /// ([`LinkPin::ToPod`]).
     fn attach_tc(&mut self, pin: &LinkPin, interface: &str) -> Result<String, Error> {
         let (name, attach_type, hook) = match pin {
             LinkPin::FromPod { .. } => (TC_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
+            LinkPin::ToPod { .. } => (TC_TO_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
             _ => (TC_PROGRAM, TcAttachType::Egress, "TC egress"),
         };
         let path = self.pins.link(pin);

@@ -1,6 +1,11 @@
-//! Which interfaces take frames an XDP program transmits into them (`XDP_REDIRECT`), as the
-//! kernel's `netdev` generic-netlink family reports them (`xdp-features`, Linux 6.3+; what
-//! `ynl --family netdev --dump dev-get` prints).
+//! What the kernel says over netlink about the interfaces the XDP program may deliver to:
+//!
+//! - which take frames an XDP program transmits into them (`XDP_REDIRECT`), as the `netdev`
+//!   generic-netlink family reports them (`xdp-features`, Linux 6.3+; what
+//!   `ynl --family netdev --dump dev-get` prints);
+//! - which are one end of a veth or netkit pair whose other end is in another network
+//!   namespace (rtnetlink's link dump: `IFLA_LINK_NETNSID` is there), the interfaces
+//!   `bpf_redirect_peer` can deliver through.
 //!
 //! Why it matters: a veth takes redirected frames only while its peer, the pod's side, has
 //! NAPI (GRO on, or an XDP program attached). Without it, which is a veth's default, the kernel
@@ -31,11 +36,20 @@ pub const XDP_ACT_NDO_XMIT: u64 = 4;
 /// kernel packs many into one datagram).
 const MAX_DATAGRAMS: usize = 10_000;
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(2);
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+/// `struct ifinfomsg`: family, pad, type, ifindex (i32 at 4), flags, change.
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_LINK_NETNSID: u16 = 37;
+/// Kinds of pair devices whose driver has `ndo_get_peer_dev` (what `bpf_redirect_peer` needs).
+const PAIR_KINDS: [&[u8]; 2] = [b"veth", b"netkit"];
 
 /// The ifindexes of the agent's network namespace that take XDP frames, or `None` when the
 /// kernel has no `netdev` family (before 6.3): nothing is known to take them then.
 pub fn xdp_transmit_targets() -> io::Result<Option<BTreeSet<u32>>> {
-    let socket = Socket::open()?;
+    let socket = Socket::open(libc::NETLINK_GENERIC)?;
     let Some(family) = socket.family_id("netdev")? else {
         return Ok(None);
     };
@@ -49,18 +63,51 @@ pub fn xdp_transmit_targets() -> io::Result<Option<BTreeSet<u32>>> {
     ))
 }
 
+/// The ifindexes of the agent's network namespace that are one end of a veth or netkit pair
+/// whose other end is in another namespace.
+pub fn pairs_into_other_namespaces() -> io::Result<BTreeSet<u32>> {
+    let socket = Socket::open(libc::NETLINK_ROUTE)?;
+    let mut message = vec![0u8; NLMSG_HEADER];
+    message.extend_from_slice(&[0; IFINFOMSG_LEN]);
+    finish(&mut message, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP);
+    let mut pairs = BTreeSet::new();
+    socket.dump(&message, |kind, payload| {
+        if kind == RTM_NEWLINK {
+            if let Some(ifindex) = pair_into_other_namespace(payload) {
+                pairs.insert(ifindex);
+            }
+        }
+    })?;
+    Ok(pairs)
+}
+
+/// One `RTM_NEWLINK` answer: its ifindex if it is a pair into another namespace.
+fn pair_into_other_namespace(payload: &[u8]) -> Option<u32> {
+    let ifindex = u32::from_ne_bytes(payload.get(4..8)?.try_into().ok()?);
+    let attrs = payload.get(IFINFOMSG_LEN..)?;
+    let elsewhere = attributes(attrs).any(|(kind, _)| kind == IFLA_LINK_NETNSID);
+    let pair = attributes(attrs)
+        .filter(|(kind, _)| *kind == IFLA_LINKINFO)
+        .flat_map(|(_, info)| attributes(info))
+        .any(|(kind, value)| {
+            kind == IFLA_INFO_KIND
+                && PAIR_KINDS.contains(&value.strip_suffix(b"\0").unwrap_or(value))
+        });
+    (elsewhere && pair).then_some(ifindex)
+}
+
 struct Socket {
     fd: OwnedFd,
 }
 
 impl Socket {
-    fn open() -> io::Result<Self> {
+    fn open(protocol: libc::c_int) -> io::Result<Self> {
         // SAFETY: plain socket(2); the descriptor is owned below.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_GENERIC,
+                protocol,
             )
         };
         if fd < 0 {
@@ -142,7 +189,7 @@ impl Socket {
                 Message::Error(errno) if errno == libc::ENOENT => return Ok(None),
                 Message::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
                 Message::Done => break,
-                Message::Data(payload) => {
+                Message::Data(_, payload) => {
                     for (kind, value) in attributes(payload.get(GENL_HEADER..).unwrap_or(&[])) {
                         if kind == CTRL_ATTR_FAMILY_ID && value.len() >= 2 {
                             return Ok(Some(u16::from_ne_bytes([value[0], value[1]])));
@@ -159,31 +206,33 @@ impl Socket {
 
     /// Every interface's ifindex and `xdp-features` bits.
     fn dump_xdp_features(&self, family: u16) -> io::Result<Vec<(u32, u64)>> {
-        self.send(&request(
-            family,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            NETDEV_CMD_DEV_GET,
-            &[],
-        ))?;
+        let message = request(family, NLM_F_REQUEST | NLM_F_DUMP, NETDEV_CMD_DEV_GET, &[]);
         let mut devices = Vec::new();
+        self.dump(&message, |_, payload| {
+            if let Some(device) = device(payload.get(GENL_HEADER..).unwrap_or(&[])) {
+                devices.push(device);
+            }
+        })?;
+        Ok(devices)
+    }
+
+    /// Sends a dump request and hands each answer's type and payload to `each`, until the end.
+    fn dump(&self, message: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+        self.send(message)?;
         let mut buffer = vec![0u8; 64 * 1024];
         for _ in 0..MAX_DATAGRAMS {
             let length = self.receive(&mut buffer)?;
             for message in messages(&buffer[..length])? {
                 match message {
-                    Message::Done => return Ok(devices),
+                    Message::Done => return Ok(()),
                     Message::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
-                    Message::Data(payload) => {
-                        if let Some(device) = device(payload.get(GENL_HEADER..).unwrap_or(&[])) {
-                            devices.push(device);
-                        }
-                    }
+                    Message::Data(kind, payload) => each(kind, payload),
                 }
             }
         }
         Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "the interface dump did not end",
+            "the dump did not end",
         ))
     }
 }
@@ -199,18 +248,23 @@ fn request(kind: u16, flags: u16, command: u8, attrs: &[(u16, &[u8])]) -> Vec<u8
         message.extend_from_slice(value);
         message.resize(message.len().next_multiple_of(4), 0);
     }
+    finish(&mut message, kind, flags);
+    message
+}
+
+/// Fills in the netlink header of `message` (its first 16 bytes).
+fn finish(message: &mut [u8], kind: u16, flags: u16) {
     let total = message.len() as u32;
     message[0..4].copy_from_slice(&total.to_ne_bytes());
     message[4..6].copy_from_slice(&kind.to_ne_bytes());
     message[6..8].copy_from_slice(&flags.to_ne_bytes());
     message[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    message
 }
 
 #[derive(Debug, PartialEq)]
 enum Message<'a> {
-    /// A message's payload (after the netlink header).
-    Data(&'a [u8]),
+    /// A message's type and payload (after the netlink header).
+    Data(u16, &'a [u8]),
     /// `NLMSG_ERROR` with a non-zero error: the errno.
     Error(i32),
     Done,
@@ -237,7 +291,7 @@ fn messages(mut datagram: &[u8]) -> io::Result<Vec<Message<'_>>> {
                     out.push(Message::Error(-code));
                 }
             }
-            _ => out.push(Message::Data(payload)),
+            _ => out.push(Message::Data(kind, payload)),
         }
         datagram = datagram.get(length.next_multiple_of(4)..).unwrap_or(&[]);
     }
@@ -330,7 +384,7 @@ mod tests {
         datagram.extend(message(NLMSG_DONE, &0i32.to_ne_bytes()));
         let parsed = messages(&datagram).expect("test input");
         assert_eq!(parsed.len(), 2);
-        let Message::Data(payload) = parsed[0] else {
+        let Message::Data(0x20, payload) = parsed[0] else {
             panic!("{parsed:?}")
         };
         assert_eq!(
@@ -357,10 +411,39 @@ mod tests {
         assert_eq!(attributes(&[200, 0, 1, 0, 9]).count(), 0);
     }
 
+    #[test]
+    fn pairs_into_other_namespaces_are_told_from_other_links() {
+        let link = |ifindex: u32, kind: &[u8], netnsid: bool| {
+            let mut payload = vec![0u8; IFINFOMSG_LEN];
+            payload[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            payload.extend(attribute(3, b"veth0\0"));
+            payload.extend(attribute(IFLA_LINKINFO, &attribute(IFLA_INFO_KIND, kind)));
+            if netnsid {
+                payload.extend(attribute(IFLA_LINK_NETNSID, &0i32.to_ne_bytes()));
+            }
+            payload
+        };
+        assert_eq!(
+            pair_into_other_namespace(&link(7, b"veth\0", true)),
+            Some(7)
+        );
+        assert_eq!(
+            pair_into_other_namespace(&link(8, b"netkit\0", true)),
+            Some(8)
+        );
+        // Both ends in this namespace, or a device of another kind (macvlan on a link elsewhere).
+        assert_eq!(pair_into_other_namespace(&link(9, b"veth\0", false)), None);
+        assert_eq!(
+            pair_into_other_namespace(&link(10, b"macvlan\0", true)),
+            None
+        );
+        assert_eq!(pair_into_other_namespace(&[0; 3]), None);
+    }
+
     /// The real kernel answers for the loopback interface (which takes no XDP frames).
     #[test]
     fn the_kernel_lists_the_namespaces_interfaces() {
-        let socket = Socket::open().expect("test input");
+        let socket = Socket::open(libc::NETLINK_GENERIC).expect("test input");
         let Some(family) = socket.family_id("netdev").expect("test input") else {
             eprintln!("skipped: the kernel has no netdev family (before 6.3)");
             return;

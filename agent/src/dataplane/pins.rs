@@ -31,6 +31,10 @@ pub enum LinkPin {
     Tc {
         interface: String,
     },
+    /// The peer-path program on an uplink's ingress (after XDP and GRO).
+    ToPod {
+        interface: String,
+    },
     /// The reply program on a pod interface's ingress. The ifindex tells a link of a deleted
     /// interface (defunct) from one of a new interface of the same name.
     FromPod {
@@ -44,6 +48,7 @@ impl LinkPin {
         match self {
             LinkPin::Xdp { interface, mode } => format!("xdp-{}-{interface}", mode_name(*mode)),
             LinkPin::Tc { interface } => format!("tc-{interface}"),
+            LinkPin::ToPod { interface } => format!("to-pod-{interface}"),
             LinkPin::FromPod { interface, ifindex } => format!("from-pod-{ifindex}-{interface}"),
         }
     }
@@ -59,6 +64,11 @@ impl LinkPin {
             return Some(LinkPin::Xdp {
                 interface: interface.to_owned(),
                 mode: XdpMode::Skb,
+            });
+        }
+        if let Some(interface) = name.strip_prefix("to-pod-") {
+            return Some(LinkPin::ToPod {
+                interface: interface.to_owned(),
             });
         }
         if let Some(rest) = name.strip_prefix("from-pod-") {
@@ -77,6 +87,7 @@ impl LinkPin {
         match self {
             LinkPin::Xdp { interface, .. }
             | LinkPin::Tc { interface }
+            | LinkPin::ToPod { interface }
             | LinkPin::FromPod { interface, .. } => interface,
         }
     }
@@ -366,6 +377,13 @@ mod tests {
             },
             LinkPin::Tc {
                 interface: "eth0".into(),
+            },
+            LinkPin::ToPod {
+                interface: "eth0".into(),
+            },
+            LinkPin::FromPod {
+                interface: "veth-a.1".into(),
+                ifindex: 7,
             },
         ] {
             assert_eq!(LinkPin::parse(&link.file_name()), Some(link.clone()));

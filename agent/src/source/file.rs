@@ -8,8 +8,8 @@ use super::policy::{self, HashOnSpec, PolicySpec, StickySessionsSpec};
 use crate::duration::serde_duration;
 use crate::model::{
     AdminSettings, Balancing, DataplaneSettings, Frontend, HashOn, HostMatch, KernelHashing,
-    L4Protocol, Model, PathMatch, ProxySettings, ProxyTimeouts, Route, SameSite, Service,
-    SessionCookie, Target, XdpMode, DEFAULT_MAX_HEADER_BYTES, DEFAULT_WEIGHT, MAX_WEIGHT,
+    L4Protocol, Model, PathMatch, PodDelivery, ProxySettings, ProxyTimeouts, Route, SameSite,
+    Service, SessionCookie, Target, XdpMode, DEFAULT_MAX_HEADER_BYTES, DEFAULT_WEIGHT, MAX_WEIGHT,
 };
 use serde::{de, Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashSet};
@@ -157,6 +157,7 @@ struct RawDataplane {
     xdp_mode: Option<String>,
     #[serde(default)]
     pod_interfaces: Vec<String>,
+    pod_delivery: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -472,10 +473,21 @@ impl Validator<'_> {
                 ))
             }
         };
+        let pod_delivery = match raw.pod_delivery.as_deref() {
+            None | Some("peer") => PodDelivery::Peer,
+            Some("redirect") => PodDelivery::Redirect,
+            Some(other) => {
+                return Err(self.error(
+                    "dataplane.podDelivery",
+                    format!("{other:?}: expected peer or redirect"),
+                ))
+            }
+        };
         Ok(DataplaneSettings {
             interfaces: raw.interfaces,
             xdp_mode,
             pod_interfaces: raw.pod_interfaces,
+            pod_delivery,
         })
     }
 
@@ -839,6 +851,28 @@ services:
         assert_eq!(
             error(&L4.replace("xdpMode: native", "xdpMode: turbo")).field,
             "dataplane.xdpMode"
+        );
+        let delivery = |text: &str| {
+            parse(text, "t")
+                .expect("valid")
+                .model
+                .dataplane
+                .expect("dataplane")
+                .pod_delivery
+        };
+        assert_eq!(delivery(L4), PodDelivery::Peer);
+        let redirect = L4.replace(
+            "xdpMode: native",
+            "xdpMode: native\n  podDelivery: redirect",
+        );
+        assert_eq!(delivery(&redirect), PodDelivery::Redirect);
+        assert_eq!(
+            error(&L4.replace(
+                "xdpMode: native",
+                "xdpMode: native\n  podDelivery: teleport"
+            ))
+            .field,
+            "dataplane.podDelivery"
         );
         assert_eq!(
             error(&L4.replace("10.0.0.100:80", "0.0.0.0:80")).field,
