@@ -59,7 +59,8 @@ pub struct Options {
     rounds: u32,
     /// Systems to run.
     #[arg(long, value_enum, value_delimiter = ',',
-          default_values_t = [System::Direct, System::Tether, System::TetherStack, System::Nftables])]
+          default_values_t = [System::Direct, System::Tether, System::TetherRedirect,
+                              System::TetherStack, System::Nftables])]
     systems: Vec<System>,
     /// Scenarios to run.
     #[arg(long, value_enum, value_delimiter = ',',
@@ -122,9 +123,12 @@ pub struct Options {
 #[serde(rename_all = "kebab-case")]
 pub enum System {
     Direct,
-    /// tether with its pod interfaces listed: XDP_REDIRECT into the pods, replies redirected
-    /// out of the client-facing veth.
+    /// tether with its pod interfaces listed (`podDelivery: peer`, the default): steered
+    /// packets go up the node's stack as far as GRO, then into the pod's namespace
+    /// (`bpf_redirect_peer`); replies redirected out of the client-facing veth.
     Tether,
+    /// tether with `podDelivery: redirect`: XDP_REDIRECT into the pods' veths.
+    TetherRedirect,
     /// tether without pod interfaces: XDP_PASS, the node's stack forwards both ways.
     TetherStack,
     Nftables,
@@ -135,19 +139,23 @@ impl System {
         match self {
             System::Direct => "direct",
             System::Tether => "tether",
+            System::TetherRedirect => "tether-redirect",
             System::TetherStack => "tether-stack",
             System::Nftables => "nftables",
         }
     }
 
     fn is_tether(self) -> bool {
-        matches!(self, System::Tether | System::TetherStack)
+        matches!(
+            self,
+            System::Tether | System::TetherRedirect | System::TetherStack
+        )
     }
 
     fn steering(self) -> Steering {
         match self {
             System::Direct => Steering::Direct,
-            System::Tether | System::TetherStack => Steering::Tether,
+            System::Tether | System::TetherRedirect | System::TetherStack => Steering::Tether,
             System::Nftables => Steering::Nftables,
         }
     }
@@ -811,7 +819,11 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
             binary: &ctx.binary,
             object: &ctx.object,
             xdp_mode: &ctx.options.xdp_mode,
-            redirect: system == System::Tether,
+            pod_delivery: match system {
+                System::Tether => Some("peer"),
+                System::TetherRedirect => Some("redirect"),
+                _ => None,
+            },
         })?,
         Steering::Nftables => lab.start_nftables()?,
     }
@@ -827,7 +839,9 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
         System::Direct if distinct != BTreeSet::from([0]) => {
             bail!("direct connections to pod 0 reached pods {distinct:?}")
         }
-        System::Tether | System::TetherStack | System::Nftables if distinct.len() < 2 => {
+        System::Tether | System::TetherRedirect | System::TetherStack | System::Nftables
+            if distinct.len() < 2 =>
+        {
             bail!("12 connections to the VIP all reached pod(s) {distinct:?}: not load balanced")
         }
         _ => {}
@@ -843,7 +857,7 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
     )
     .context("probing the UDP service")?;
     match system {
-        System::Tether | System::TetherStack => {
+        System::Tether | System::TetherRedirect | System::TetherStack => {
             let stats = lab.tether_stats()?;
             let counter = |name: &str| stats["counters"][name].as_u64().unwrap_or(0);
             if counter("new_flows") < 13 || counter("reply_nat") == 0 {
@@ -858,7 +872,7 @@ fn prepare(ctx: &Ctx, system: System) -> Result<Lab> {
             // Each path is what its name says: redirected both ways, or not at all.
             let (redirected, replies_redirected) =
                 (counter("redirected"), counter("reply_redirected"));
-            let redirects = system == System::Tether;
+            let redirects = system != System::TetherStack;
             if redirects != (redirected > 0) || redirects != (replies_redirected > 0) {
                 bail!(
                     "{}: {redirected} packets redirected to pods and {replies_redirected} replies \
@@ -1221,10 +1235,12 @@ fn cell(cells: &[Cell], system: System, scenario: Scenario) -> Option<&Cell> {
 }
 
 fn ratios(cells: &[Cell], scenarios: &[Scenario]) -> Vec<Ratio> {
-    const PAIRS: [(System, System); 5] = [
+    const PAIRS: [(System, System); 7] = [
         (System::Tether, System::Nftables),
         (System::Tether, System::Direct),
+        (System::TetherRedirect, System::Nftables),
         (System::TetherStack, System::Nftables),
+        (System::Tether, System::TetherRedirect),
         (System::Tether, System::TetherStack),
         (System::Nftables, System::Direct),
     ];

@@ -16,6 +16,7 @@ fn color(system: System) -> RGBColor {
     match system {
         System::Direct => RGBColor(150, 150, 150),
         System::Tether => RGBColor(230, 120, 20),
+        System::TetherRedirect => RGBColor(200, 60, 40),
         System::TetherStack => RGBColor(240, 190, 120),
         System::Nftables => RGBColor(40, 100, 180),
     }
@@ -359,7 +360,8 @@ fn draw_header<DB: DrawingBackend>(report: &Report, area: &DrawingArea<DB, Shift
         .map(|&system| {
             let text = match system {
                 System::Direct => "direct (no NAT)",
-                System::Tether => "tether (redirect)",
+                System::Tether => "tether (peer delivery)",
+                System::TetherRedirect => "tether (XDP redirect)",
                 System::TetherStack => "tether (stack path)",
                 System::Nftables => "nftables DNAT",
             };

@@ -648,10 +648,11 @@ pub struct TetherSetup<'a> {
     pub binary: &'a Path,
     pub object: &'a Path,
     pub xdp_mode: &'a str,
-    /// List the node's pod-facing veths as `dataplane.podInterfaces`: steered packets go
-    /// straight into them (XDP_REDIRECT) and replies straight out of the client-facing veth.
-    /// Off: both directions go through the node's forwarding path (XDP_PASS).
-    pub redirect: bool,
+    /// List the node's pod-facing veths as `dataplane.podInterfaces` with this
+    /// `podDelivery` (`peer` or `redirect`): steered packets go straight to them and replies
+    /// straight out of the client-facing veth. `None`: both directions go through the node's
+    /// forwarding path (XDP_PASS).
+    pub pod_delivery: Option<&'a str>,
 }
 
 pub struct Lab {
@@ -962,10 +963,9 @@ impl Lab {
             &config,
             tether_config(
                 &self.node_interfaces[0],
-                if setup.redirect {
-                    &self.node_interfaces[1..]
-                } else {
-                    &[]
+                match setup.pod_delivery {
+                    Some(delivery) => Some((&self.node_interfaces[1..], delivery)),
+                    None => None,
                 },
                 setup.xdp_mode,
             ),
@@ -1101,14 +1101,17 @@ impl Drop for Lab {
     }
 }
 
-pub fn tether_config(interface: &str, pod_interfaces: &[String], xdp_mode: &str) -> String {
+/// `pods`: the pod interfaces and their `podDelivery`, if listed.
+pub fn tether_config(interface: &str, pods: Option<(&[String], &str)>, xdp_mode: &str) -> String {
     let rr: String = (0..PODS)
         .map(|pod| format!("      - {{address: {}:{POD_RR_PORT}}}\n", pod_addr(pod)))
         .collect();
-    let pods = if pod_interfaces.is_empty() {
-        String::new()
-    } else {
-        format!("  podInterfaces: [{}]\n", pod_interfaces.join(", "))
+    let pods = match pods {
+        Some((interfaces, delivery)) => format!(
+            "  podInterfaces: [{}]\n  podDelivery: {delivery}\n",
+            interfaces.join(", ")
+        ),
+        None => String::new(),
     };
     format!(
         "dataplane:
@@ -1245,8 +1248,10 @@ mod tests {
 
     #[test]
     fn configs_name_every_pod() {
-        let yaml = tether_config("n12340", &["p012340".into()], "native");
+        let yaml = tether_config("n12340", Some((&["p012340".into()], "peer")), "native");
         assert!(yaml.contains("interfaces: [n12340]"));
+        assert!(yaml.contains("podInterfaces: [p012340]\n  podDelivery: peer\n"));
+        assert!(!tether_config("n12340", None, "native").contains("podInterfaces"));
         assert!(yaml.contains("10.77.3.2:8080"));
         assert!(yaml.contains("listen: 10.96.0.10:5201"));
         let nft = nft_ruleset();
