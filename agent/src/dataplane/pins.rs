@@ -140,7 +140,9 @@ impl Pins {
         MAP_SPECS.iter().any(|spec| self.map(spec.name).exists())
     }
 
-    /// The pinned program attachments.
+    /// The pinned program attachments, XDP links first: unpinned in this order, an uplink
+    /// loses its XDP program before the TC program that acts on the XDP program's peer-path
+    /// marks, so no marked packet meets an uplink without it.
     pub fn links(&self) -> Vec<(PathBuf, LinkPin)> {
         let Ok(entries) = std::fs::read_dir(self.links_dir()) else {
             return Vec::new();
@@ -152,7 +154,7 @@ impl Pins {
                 LinkPin::parse(name.to_str()?).map(|link| (entry.path(), link))
             })
             .collect();
-        links.sort_by(|a, b| a.0.cmp(&b.0));
+        links.sort_by_key(|(path, link)| (!matches!(link, LinkPin::Xdp { .. }), path.clone()));
         links
     }
 
@@ -403,6 +405,32 @@ mod tests {
                 interface: "eth0".into()
             }),
             PathBuf::from("/sys/fs/bpf/tether/links/tc-eth0")
+        );
+    }
+
+    #[test]
+    fn xdp_links_are_listed_and_so_unpinned_first() {
+        let dir = std::env::temp_dir().join(format!("tether-links-{}", std::process::id()));
+        let pins = Pins::new(&dir);
+        std::fs::create_dir_all(pins.links_dir()).expect("test input");
+        for name in [
+            "from-pod-7-veth1",
+            "tc-eth0",
+            "to-pod-eth0",
+            "xdp-native-eth0",
+        ] {
+            std::fs::write(pins.links_dir().join(name), b"").expect("test input");
+        }
+        let order: Vec<String> = pins.links().iter().map(|(_, l)| l.file_name()).collect();
+        std::fs::remove_dir_all(&dir).expect("test input");
+        assert_eq!(
+            order,
+            [
+                "xdp-native-eth0",
+                "from-pod-7-veth1",
+                "tc-eth0",
+                "to-pod-eth0"
+            ]
         );
     }
 
