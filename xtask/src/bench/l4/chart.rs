@@ -380,7 +380,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         .filter_map(|b| b.value.map(|v| cut(v.max(b.range.map_or(v, |(_, hi)| hi)))))
         .chain(panel.line.as_ref().map(|(v, _)| *v))
         .fold(0.0_f64, f64::max);
-    let top = if top > 0.0 { top * 1.2 } else { 1.0 };
+    let top = if top > 0.0 { top * 1.3 } else { 1.0 };
     let groups = panel.groups.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title, (FAMILY, 17))
@@ -452,18 +452,26 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
                 .into_font()
                 .color(&tint)
                 .pos(Pos::new(HPos::Center, VPos::Bottom));
-            chart
-                .plotting_area()
-                .draw(&Text::new(
-                    if clipped {
-                        format!("{} (cut)", bar.text)
-                    } else {
-                        bar.text.clone()
-                    },
-                    (x, label_at + top * 0.01),
-                    style,
+            let text = if clipped {
+                format!("{} (cut)", bar.text)
+            } else {
+                bar.text.clone()
+            };
+            // "value @ CPU" on two lines, the value on top: five bars to a group leave no room
+            // for one line.
+            let (px, py) = chart.backend_coord(&(x, label_at + top * 0.01));
+            let lines: Vec<&str> = match text.split_once(" @ ") {
+                Some((value, cpu)) => vec![value, cpu],
+                None => vec![text.as_str()],
+            };
+            for (i, line) in (0i32..).zip(lines.iter().rev()) {
+                area.draw(&Text::new(
+                    line.to_string(),
+                    (px - ox, py - oy - 14 * i),
+                    style.clone(),
                 ))
                 .map_err(plot_error)?;
+            }
             if let Some(label) = &bar.label {
                 let (px, py) = chart.backend_coord(&(x, 0.0));
                 let style = (FAMILY, 13)
