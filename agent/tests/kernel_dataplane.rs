@@ -161,6 +161,8 @@ struct Lab {
     pod_delivery: Delivery,
     /// `dataplane.xdpMode`.
     xdp_mode: &'static str,
+    /// `TETHER_TC_ATTACH` for the agent (`netlink` forces the pre-6.6 path), if set.
+    tc_attach: Option<&'static str>,
     /// Whether the configuration also has the UDP service `VIP:53` → the targets' port 5353,
     /// where no pod listens.
     udp_service: bool,
@@ -193,6 +195,7 @@ impl Lab {
             pod_interfaces: false,
             pod_delivery: Delivery::Peer,
             xdp_mode: "native",
+            tc_attach: None,
             udp_service: false,
             pods: Vec::new(),
             client,
@@ -291,9 +294,11 @@ impl Lab {
             .append(true)
             .open(&self.log)?;
         let marker = self.logs().matches("tether is running").count();
-        let child = self
-            .node
-            .command(TETHER)?
+        let mut command = self.node.command(TETHER)?;
+        if let Some(tc_attach) = self.tc_attach {
+            command.env(tether::dataplane::TC_ATTACH_ENV, tc_attach);
+        }
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config)
             .arg("--pin-dir")
@@ -434,6 +439,17 @@ impl Lab {
         Ok(listed.map(|entry| entry["delivery"].clone()))
     }
 
+    /// `tc filter show dev INTERFACE HOOK` in the node's namespace.
+    fn tc_filters(&self, interface: &str, hook: &str) -> Result<String> {
+        let output = self
+            .node
+            .command("tc")?
+            .args(["filter", "show", "dev", interface, hook])
+            .output()?;
+        ensure!(output.status.success(), "tc filter show: {output:?}");
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Datagrams the node's stack forwarded (`Ip: ForwDatagrams` of its /proc/net/snmp).
     fn node_forwarded(&self) -> Result<u64> {
         let snmp = self
@@ -463,6 +479,8 @@ impl Lab {
             .flatten()
             .filter_map(|entry| {
                 let name = entry.file_name().to_string_lossy().into_owned();
+                // A pinned link, or the record of a netlink filter (`nl-`).
+                let name = name.strip_prefix("nl-").unwrap_or(&name);
                 let rest = name.strip_prefix("from-pod-")?;
                 Some(rest.split_once('-')?.1.to_owned())
             })
@@ -819,21 +837,36 @@ fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
     if !ready("pod_interfaces_skip_the_nodes_forwarding_both_ways") {
         return Ok(());
     }
-    // Generic XDP (skb mode) hands the peer path's mark on too.
-    for (delivery, xdp_mode) in [
-        (Delivery::Peer, "native"),
-        (Delivery::Redirect, "native"),
-        (Delivery::Peer, "skb"),
+    // Generic XDP (skb mode) hands the peer path's mark on too; netlink TC filters (kernels
+    // before 6.6) do what TCX links do.
+    for (delivery, xdp_mode, tc_attach) in [
+        (Delivery::Peer, "native", "tcx"),
+        (Delivery::Redirect, "native", "tcx"),
+        (Delivery::Peer, "skb", "tcx"),
+        (Delivery::Peer, "native", "netlink"),
     ] {
-        skip_the_nodes_forwarding(delivery, xdp_mode)
-            .with_context(|| format!("podDelivery: {}, xdpMode: {xdp_mode}", delivery.name()))?;
+        skip_the_nodes_forwarding(delivery, xdp_mode, tc_attach).with_context(|| {
+            format!(
+                "podDelivery: {}, xdpMode: {xdp_mode}, TC: {tc_attach}",
+                delivery.name()
+            )
+        })?;
     }
     Ok(())
 }
 
-fn skip_the_nodes_forwarding(delivery: Delivery, xdp_mode: &'static str) -> Result<()> {
-    let mut lab = Lab::delivering(&format!("{}-{xdp_mode}", delivery.name()), delivery)?;
+fn skip_the_nodes_forwarding(
+    delivery: Delivery,
+    xdp_mode: &'static str,
+    tc_attach: &'static str,
+) -> Result<()> {
+    let mut lab = Lab::delivering(
+        &format!("{}-{xdp_mode}-{tc_attach}", delivery.name()),
+        delivery,
+    )?;
     lab.xdp_mode = xdp_mode;
+    lab.tc_attach = Some(tc_attach);
+    let netlink = tc_attach == "netlink";
     lab.configure(&all_active())?;
     lab.start_agent()?;
     lab.wait_for_pod_links(&["p0", "p1", "p2"])?;
@@ -899,10 +932,26 @@ fn skip_the_nodes_forwarding(delivery: Delivery, xdp_mode: &'static str) -> Resu
     lab.stop_agent()?;
     lab.start_agent()?;
     let logs = lab.logs();
-    assert!(
-        logs.contains("TC ingress on p3: program replaced in the pinned link"),
-        "{logs}"
-    );
+    let replaced = match netlink {
+        true => "TC ingress on p3: program replaced in the filter",
+        false => "TC ingress on p3: program replaced in the pinned link",
+    };
+    assert!(logs.contains(replaced), "{logs}");
+    // The filters themselves, as `tc` lists them: one per hook, under tether's handle.
+    if netlink {
+        for (interface, hook, program) in [
+            ("n0", "ingress", "tether_to_pod"),
+            ("n0", "egress", "tether_reply"),
+            ("p3", "ingress", "tether_from_pod"),
+        ] {
+            let filters = lab.tc_filters(interface, hook)?;
+            let ours = filters
+                .lines()
+                .filter(|line| line.contains("handle 0x7e7e") && line.contains(program))
+                .count();
+            assert_eq!(ours, 1, "{interface} {hook}:\n{filters}");
+        }
+    }
     lab.wait_for_pod_links(&["p0", "p1", "p2", "p3"])?;
     let forwarded = lab.node_forwarded()?;
     spread(&lab, SPREAD)?;
@@ -912,12 +961,30 @@ fn skip_the_nodes_forwarding(delivery: Delivery, xdp_mode: &'static str) -> Resu
     lab.pod_interfaces = false;
     lab.configure(&targets)?;
     lab.wait_for_pod_links(&[])?;
+    if netlink {
+        let filters = lab.tc_filters("p0", "ingress")?;
+        assert!(!filters.contains("tether_from_pod"), "{filters}");
+    }
     let (forwarded, redirected) = (lab.node_forwarded()?, lab.counter("redirected")?);
     let stack = spread(&lab, SPREAD)?;
     assert_eq!(stack.len(), PODS + 1, "{stack:?}");
     assert!(lab.node_forwarded()? >= forwarded + 4 * SPREAD as u64);
     assert_eq!(lab.counter("redirected")?, redirected);
     lab.stop_agent()?;
+    // `tether cleanup`, run where the agent runs, deletes the netlink filters.
+    if netlink {
+        let output = lab
+            .node
+            .command(TETHER)?
+            .args(["cleanup", "--pin-dir"])
+            .arg(&lab.pins)
+            .output()?;
+        ensure!(output.status.success(), "{output:?}");
+        for (hook, program) in [("ingress", "tether_to_pod"), ("egress", "tether_reply")] {
+            let filters = lab.tc_filters("n0", hook)?;
+            assert!(!filters.contains(program), "{hook}:\n{filters}");
+        }
+    }
     Ok(())
 }
 

@@ -7,12 +7,20 @@
 //! unsteered across an agent restart or upgrade; an interface without one is attached afresh
 //! and its link pinned. Links of interfaces no longer configured are unpinned, which detaches
 //! them.
+//!
+//! On kernels before TCX (6.6), TC programs are netlink filters instead (see `pins`): an agent
+//! restart or upgrade swaps the program inside the existing filter, which cls_bpf does
+//! atomically too.
 use super::maps::Maps;
-use super::pins::{mode_name, unpin_link, LinkPin, Pins};
+use super::pins::{
+    mode_name, unpin_link, LinkPin, Pins, TcAttach, NETLINK_HANDLE, NETLINK_PRIORITY,
+};
 use super::Error;
 use crate::model::XdpMode;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::tc::{
+    qdisc_add_clsact, NlOptions, SchedClassifierLink, TcAttachOptions, TcError,
+};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::util::KernelVersion;
@@ -21,14 +29,20 @@ use std::path::Path;
 use tether_common::{MAP_SPECS, TC_POD_PROGRAM, TC_PROGRAM, TC_TO_POD_PROGRAM, XDP_PROGRAM};
 use tracing::{info, warn};
 
-/// bpf_link attachments for TC (TCX) arrived in Linux 6.6; XDP links in 5.9.
-pub const MIN_KERNEL: (u32, u32) = (6, 6);
+/// `bpf_redirect_peer` arrived in Linux 5.10, XDP links in 5.9. TC programs are attached as
+/// bpf_links (TCX) from [`TCX_KERNEL`] on, as netlink filters before.
+pub const MIN_KERNEL: (u32, u32) = (5, 10);
+pub const TCX_KERNEL: (u32, u32) = (6, 6);
+/// Overrides the choice of TC attachment: `tcx` or `netlink` (the tests run the netlink path on
+/// new kernels with it).
+pub const TC_ATTACH_ENV: &str = "TETHER_TC_ATTACH";
 
 /// The loaded programs. Dropping this closes the agent's handles only: the pinned links keep
 /// the programs attached and the pinned maps keep their contents.
 pub struct Kernel {
     ebpf: Ebpf,
     pins: Pins,
+    tc: TcAttach,
 }
 
 impl Kernel {
@@ -36,6 +50,7 @@ impl Kernel {
     /// loads both programs into the kernel (the verifier runs here).
     pub fn load(object: &Path, pins: &Pins) -> Result<(Self, Maps), Error> {
         check_kernel()?;
+        let tc = tc_attach()?;
         pins.prepare()?;
         pins.check_schema()?;
         let mut loader = EbpfLoader::new();
@@ -65,6 +80,7 @@ impl Kernel {
             Self {
                 ebpf,
                 pins: pins.clone(),
+                tc,
             },
             maps,
         ))
@@ -85,7 +101,7 @@ impl Kernel {
                 LinkPin::FromPod { .. } => continue,
             } && interfaces.iter().any(|i| i == link.interface());
             if !keep {
-                unpin_link(&path)?;
+                unpin_link(&path, &link)?;
                 changes.push(format!("detached {}", link.file_name()));
             }
         }
@@ -128,7 +144,7 @@ impl Kernel {
                     }
                     attached.push((interface.clone(), *ifindex));
                 } else {
-                    unpin_link(&path)?;
+                    unpin_link(&path, &link)?;
                     changes.push(format!("detached {}", link.file_name()));
                 }
             }
@@ -210,11 +226,22 @@ impl Kernel {
     /// interface's ingress ([`LinkPin::FromPod`]), the peer-path program on an uplink's ingress
     /// ([`LinkPin::ToPod`]).
     fn attach_tc(&mut self, pin: &LinkPin, interface: &str) -> Result<String, Error> {
-        let (name, attach_type, hook) = match pin {
-            LinkPin::FromPod { .. } => (TC_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
-            LinkPin::ToPod { .. } => (TC_TO_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
-            _ => (TC_PROGRAM, TcAttachType::Egress, "TC egress"),
+        // An attachment made the other way (the kernel or the override changed) goes first.
+        let other = match self.tc {
+            TcAttach::Tcx => self.pins.netlink_record(pin),
+            TcAttach::Netlink => self.pins.link(pin),
         };
+        if other.exists() {
+            unpin_link(&other, pin)?;
+        }
+        match self.tc {
+            TcAttach::Tcx => self.attach_tcx(pin, interface),
+            TcAttach::Netlink => self.attach_netlink(pin, interface),
+        }
+    }
+
+    fn attach_tcx(&mut self, pin: &LinkPin, interface: &str) -> Result<String, Error> {
+        let (name, attach_type, hook) = tc_program(pin);
         let path = self.pins.link(pin);
         let program: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         if path.exists() {
@@ -266,6 +293,93 @@ impl Kernel {
         info!(interface, hook, "TC attached");
         Ok(format!("{hook} on {interface}: attached and pinned"))
     }
+}
+
+impl Kernel {
+    /// A TC program as a netlink filter with tether's priority and handle on the clsact qdisc.
+    fn attach_netlink(&mut self, pin: &LinkPin, interface: &str) -> Result<String, Error> {
+        let (name, attach_type, hook) = tc_program(pin);
+        let attach_error = |source: aya::programs::ProgramError| Error::Attach {
+            program: name,
+            interface: interface.to_owned(),
+            source,
+        };
+        match qdisc_add_clsact(interface) {
+            Ok(()) => {}
+            // Ours from before, or another program's: filters can share it.
+            Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(error) => return Err(attach_error(error.into())),
+        }
+        let program: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        // Our filter there already (a restart or an upgrade): the program is swapped inside it.
+        // Without one, the kernel refuses the swap and the filter is created.
+        let replaced = SchedClassifierLink::attached(
+            interface,
+            attach_type,
+            NETLINK_PRIORITY,
+            NETLINK_HANDLE,
+            None,
+        )
+        .ok()
+        .and_then(|filter| program.attach_to_link(filter).ok());
+        let (id, what) = match replaced {
+            Some(id) => (id, "program replaced in the filter"),
+            None => {
+                let options = TcAttachOptions::Netlink(NlOptions {
+                    priority: NETLINK_PRIORITY,
+                    handle: NETLINK_HANDLE,
+                    classid: None,
+                });
+                let id = program
+                    .attach_with_options(interface, attach_type, options)
+                    .map_err(attach_error)?;
+                (id, "attached as a netlink filter")
+            }
+        };
+        // The filter outlives the agent like a pinned link: the link object would delete it
+        // when dropped.
+        std::mem::forget(program.take_link(id).map_err(attach_error)?);
+        let record = self.pins.netlink_record(pin);
+        match std::fs::create_dir(&record) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("record {}", record.display()),
+                    source,
+                })
+            }
+        }
+        info!(interface, hook, "TC attached (netlink)");
+        Ok(format!("{hook} on {interface}: {what}"))
+    }
+}
+
+/// The program, hook and hook name of a TC attachment.
+fn tc_program(pin: &LinkPin) -> (&'static str, TcAttachType, &'static str) {
+    match pin {
+        LinkPin::FromPod { .. } => (TC_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
+        LinkPin::ToPod { .. } => (TC_TO_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
+        _ => (TC_PROGRAM, TcAttachType::Egress, "TC egress"),
+    }
+}
+
+/// TCX where the kernel has it, netlink filters before; [`TC_ATTACH_ENV`] overrides.
+fn tc_attach() -> Result<TcAttach, Error> {
+    match std::env::var(TC_ATTACH_ENV).ok().as_deref() {
+        Some("tcx") => return Ok(TcAttach::Tcx),
+        Some("netlink") => return Ok(TcAttach::Netlink),
+        Some(other) => return Err(Error::TcAttachSetting(other.to_owned())),
+        None => {}
+    }
+    let (major, minor) = TCX_KERNEL;
+    Ok(match KernelVersion::current() {
+        Ok(version) if version < KernelVersion::new(major as u8, minor as u8, 0) => {
+            info!(%version, "Linux before 6.6 has no TCX: TC programs are netlink filters");
+            TcAttach::Netlink
+        }
+        _ => TcAttach::Tcx,
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>

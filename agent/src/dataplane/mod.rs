@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
 
-pub use kernel::MIN_KERNEL;
+pub use kernel::{MIN_KERNEL, TC_ATTACH_ENV};
 pub use pins::DEFAULT_PIN_DIR;
 
 /// Reloads whose file changed longer ago than this (a SIGHUP of an unchanged file) are not
@@ -48,7 +48,7 @@ pub enum Error {
     ObjectMissing { searched: Vec<PathBuf> },
     #[error(
         "Linux {found} is too old for the kernel data plane: it needs {}.{} or later \
-         (bpf_link attachments for XDP and TC)",
+         (bpf_redirect_peer, bpf_link attachments for XDP)",
         MIN_KERNEL.0,
         MIN_KERNEL.1
     )]
@@ -93,6 +93,14 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot delete tether's TC filter on {interface}: {source}")]
+    Detach {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("TETHER_TC_ATTACH={0:?}: expected tcx or netlink")]
+    TcAttachSetting(String),
     #[error("{what} on {interface} was attached without a bpf_link, so it cannot be pinned (kernel too old?)")]
     NoBpfLink {
         what: &'static str,
@@ -299,7 +307,8 @@ impl Dataplane {
             info!(
                 uplinks = ?wanted.values().filter(|i| i.roles & tether_common::InterfaceRole::UPLINK != 0).map(|i| i.name.as_str()).collect::<Vec<_>>(),
                 pods = ?pods.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
-                // Pod interfaces whose pod side has no NAPI take their packets from the stack.
+                // Pod interfaces neither path can deliver to take their packets from the stack.
+                peer_into = ?wanted.values().filter(|i| i.roles & tether_common::InterfaceRole::PEER_TARGET != 0).map(|i| i.name.as_str()).collect::<Vec<_>>(),
                 redirect_into = ?wanted.values().filter(|i| i.roles & tether_common::InterfaceRole::XDP_TARGET != 0).map(|i| i.name.as_str()).collect::<Vec<_>>(),
                 "dataplane: interfaces updated"
             );

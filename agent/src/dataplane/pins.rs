@@ -1,6 +1,11 @@
 //! The pin directory: every map at `<dir>/<MAP NAME>`, and the bpf_links that keep the
-//! programs attached at `<dir>/links/{xdp-native,xdp-skb,tc}-<interface>` and
+//! programs attached at `<dir>/links/{xdp-native,xdp-skb,tc,to-pod}-<interface>` and
 //! `<dir>/links/from-pod-<ifindex>-<interface>`.
+//!
+//! On kernels before TCX (6.6) the TC programs are netlink `cls_bpf` filters instead
+//! ([`TcAttach::Netlink`]), which have no link to pin: they stay attached until deleted, and
+//! each is recorded as an empty directory `<dir>/links/nl-<name>`, found again by interface,
+//! hook and tether's fixed priority and handle ([`NETLINK_PRIORITY`], [`NETLINK_HANDLE`]).
 //!
 //! Pins outlive the agent: a stopped or restarted `tether run` leaves them, so the programs
 //! keep steering with the maps as they were, and the next agent re-opens both. Only
@@ -8,6 +13,9 @@
 use super::Error;
 use crate::model::XdpMode;
 use aya::maps::{MapInfo, MapType};
+use aya::programs::links::Link as _;
+use aya::programs::tc::{SchedClassifierLink, TcError, TcHandle};
+use aya::programs::{ProgramError, TcAttachType};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +27,21 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tether";
 const BPFFS: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How the TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcAttach {
+    /// bpf_links (TCX, Linux 6.6+), pinned like the XDP links.
+    Tcx,
+    /// Netlink `cls_bpf` filters on the clsact qdisc, recorded by name (see the module comment).
+    Netlink,
+}
+
+/// Prefix of the record of a netlink TC filter in the links directory.
+const NETLINK_PREFIX: &str = "nl-";
+/// tether's netlink TC filters: first on their hook, under a handle of their own.
+pub const NETLINK_PRIORITY: u16 = 1;
+pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x7e7e);
 
 /// A program attachment, as its pin name records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +106,15 @@ impl LinkPin {
         })
     }
 
+    /// The TC hook of a TC program's attachment; `None` for XDP.
+    pub fn tc_hook(&self) -> Option<TcAttachType> {
+        match self {
+            LinkPin::Xdp { .. } => None,
+            LinkPin::Tc { .. } => Some(TcAttachType::Egress),
+            LinkPin::ToPod { .. } | LinkPin::FromPod { .. } => Some(TcAttachType::Ingress),
+        }
+    }
+
     pub fn interface(&self) -> &str {
         match self {
             LinkPin::Xdp { interface, .. }
@@ -135,14 +167,20 @@ impl Pins {
         self.links_dir().join(link.file_name())
     }
 
+    /// Where a TC attachment made through netlink is recorded.
+    pub fn netlink_record(&self, link: &LinkPin) -> PathBuf {
+        self.links_dir()
+            .join(format!("{NETLINK_PREFIX}{}", link.file_name()))
+    }
+
     /// True when any of the maps is pinned.
     pub fn any_map_pinned(&self) -> bool {
         MAP_SPECS.iter().any(|spec| self.map(spec.name).exists())
     }
 
-    /// The pinned program attachments, XDP links first: unpinned in this order, an uplink
-    /// loses its XDP program before the TC program that acts on the XDP program's peer-path
-    /// marks, so no marked packet meets an uplink without it.
+    /// The pinned program attachments and the records of netlink TC filters, XDP links first:
+    /// unpinned in this order, an uplink loses its XDP program before the TC program that acts
+    /// on the XDP program's peer-path marks, so no marked packet meets an uplink without it.
     pub fn links(&self) -> Vec<(PathBuf, LinkPin)> {
         let Ok(entries) = std::fs::read_dir(self.links_dir()) else {
             return Vec::new();
@@ -151,7 +189,9 @@ impl Pins {
             .flatten()
             .filter_map(|entry| {
                 let name = entry.file_name();
-                LinkPin::parse(name.to_str()?).map(|link| (entry.path(), link))
+                let name = name.to_str()?;
+                LinkPin::parse(name.strip_prefix(NETLINK_PREFIX).unwrap_or(name))
+                    .map(|link| (entry.path(), link))
             })
             .collect();
         links.sort_by_key(|(path, link)| (!matches!(link, LinkPin::Xdp { .. }), path.clone()));
@@ -238,8 +278,8 @@ impl Pins {
                 source,
             })
         };
-        for (path, _) in self.links() {
-            unpin_link(&path)?;
+        for (path, link) in self.links() {
+            unpin_link(&path, &link)?;
             removed.links.push(path);
         }
         for spec in &MAP_SPECS {
@@ -307,13 +347,24 @@ fn mount_bpffs(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Detaches the program of the link pinned at `path`, then removes the pin. Removing the pin
-/// alone detaches too, but only once bpffs frees the inode after an RCU grace period and a
-/// workqueue pass: the program would go on steering for a moment after `tether cleanup`
-/// returned. `BPF_LINK_DETACH` (Linux 5.9) detaches at once; a link that is already defunct (its
-/// interface gone) has nothing to detach.
-pub fn unpin_link(path: &Path) -> Result<(), Error> {
+/// Detaches the program of the link pinned at `path` (or of the netlink filter recorded
+/// there), then removes the pin (or the record). Removing a pin alone detaches too, but only
+/// once bpffs frees the inode after an RCU grace period and a workqueue pass: the program would
+/// go on steering for a moment after `tether cleanup` returned. `BPF_LINK_DETACH` (Linux 5.9)
+/// detaches at once; a link that is already defunct (its interface gone) has nothing to detach.
+pub fn unpin_link(path: &Path, link: &LinkPin) -> Result<(), Error> {
     use std::os::fd::AsRawFd;
+    let recorded = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with(NETLINK_PREFIX));
+    if recorded {
+        delete_filter(link)?;
+        return std::fs::remove_dir(path).map_err(|source| Error::Io {
+            what: format!("remove {}", path.display()),
+            source,
+        });
+    }
     if let Ok(file) = CString::new(path.as_os_str().as_bytes()) {
         // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
         #[repr(C)]
@@ -360,6 +411,41 @@ pub fn unpin_link(path: &Path) -> Result<(), Error> {
         what: format!("unpin {}", path.display()),
         source,
     })
+}
+
+/// Deletes tether's netlink filter for `link`. One already gone (with its interface, or by
+/// hand) is not an error.
+fn delete_filter(link: &LinkPin) -> Result<(), Error> {
+    let Some(hook) = link.tc_hook() else {
+        return Ok(());
+    };
+    let interface = link.interface();
+    if let LinkPin::FromPod { ifindex, .. } = link {
+        // The name may belong to another interface by now: only the recorded one's filter goes.
+        let name = CString::new(interface).unwrap_or_default();
+        // SAFETY: a NUL-terminated name.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } != *ifindex {
+            return Ok(());
+        }
+    }
+    let Ok(filter) =
+        SchedClassifierLink::attached(interface, hook, NETLINK_PRIORITY, NETLINK_HANDLE, None)
+    else {
+        // No such interface: its filters went with it.
+        return Ok(());
+    };
+    match filter.detach() {
+        Ok(()) => Ok(()),
+        Err(ProgramError::TcError(TcError::NetlinkError(error)))
+            if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(Error::Detach {
+            interface: interface.to_owned(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
