@@ -87,8 +87,8 @@ impl Kernel {
     }
 
     /// Makes the pinned attachments exactly XDP (in `mode`) and the peer-path TC program on the
-    /// ingress, and the reply TC program on the egress of `interfaces`, replacing the programs in links that already exist. Returns a line per
-    /// change, for the log.
+    /// ingress, and the reply TC program on the egress of `interfaces`, replacing the programs
+    /// in links that already exist. Returns a line per change, for the log.
     pub fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<Vec<String>, Error> {
         let mut changes = Vec::new();
         // Links that must go first: other interfaces, and XDP in the other mode (a link cannot
@@ -293,9 +293,7 @@ impl Kernel {
         info!(interface, hook, "TC attached");
         Ok(format!("{hook} on {interface}: attached and pinned"))
     }
-}
 
-impl Kernel {
     /// A TC program as a netlink filter with tether's priority and handle on the clsact qdisc.
     fn attach_netlink(&mut self, pin: &LinkPin, interface: &str) -> Result<String, Error> {
         let (name, attach_type, hook) = tc_program(pin);
@@ -357,10 +355,14 @@ impl Kernel {
 
 /// The program, hook and hook name of a TC attachment.
 fn tc_program(pin: &LinkPin) -> (&'static str, TcAttachType, &'static str) {
-    match pin {
-        LinkPin::FromPod { .. } => (TC_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
-        LinkPin::ToPod { .. } => (TC_TO_POD_PROGRAM, TcAttachType::Ingress, "TC ingress"),
-        _ => (TC_PROGRAM, TcAttachType::Egress, "TC egress"),
+    let name = match pin {
+        LinkPin::FromPod { .. } => TC_POD_PROGRAM,
+        LinkPin::ToPod { .. } => TC_TO_POD_PROGRAM,
+        LinkPin::Tc { .. } | LinkPin::Xdp { .. } => TC_PROGRAM,
+    };
+    match pin.tc_hook() {
+        Some(TcAttachType::Ingress) => (name, TcAttachType::Ingress, "TC ingress"),
+        _ => (name, TcAttachType::Egress, "TC egress"),
     }
 }
 
@@ -375,7 +377,7 @@ fn tc_attach() -> Result<TcAttach, Error> {
     let (major, minor) = TCX_KERNEL;
     Ok(match KernelVersion::current() {
         Ok(version) if version < KernelVersion::new(major as u8, minor as u8, 0) => {
-            info!(%version, "Linux before 6.6 has no TCX: TC programs are netlink filters");
+            info!(%version, "no TCX before Linux {major}.{minor}: TC programs are netlink filters");
             TcAttach::Netlink
         }
         _ => TcAttach::Tcx,
