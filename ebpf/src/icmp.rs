@@ -9,7 +9,10 @@
 use crate::{
     csum,
     maps::{flows4, TARGETS},
-    parse::{ptr_at, Ipv4Hdr, Ports, ETH_HDR_LEN, IPV4_FRAGMENT_BITS, IPV4_HDR_LEN, L4_OFFSET},
+    parse::{
+        ptr_at, Ipv4Hdr, Ports, ETH_HDR_LEN, IPV4_FRAGMENT_BITS, IPV4_HDR_LEN, L4_OFFSET,
+        TCP_CSUM_OFFSET, UDP_CSUM_OFFSET,
+    },
     steer::target_address,
 };
 use core::mem::transmute;
@@ -27,6 +30,41 @@ pub const CHECKSUM: usize = L4_OFFSET + 2;
 /// bytes of its transport header, whose first 4 are the ports.
 pub const QUOTE_IP: usize = L4_OFFSET + 8;
 pub const QUOTE_PORTS: usize = QUOTE_IP + IPV4_HDR_LEN;
+
+/// Where the quoted packet's transport checksum is, when the quote reaches it: RFC 792 asks
+/// for 8 bytes of the transport header (a UDP checksum, not a TCP one), Linux quotes up to 576
+/// bytes. Its pseudo-header covers the quoted addresses, so a translated quote gets it updated
+/// as Linux's own NAT does; a UDP datagram sent without one (0) keeps none.
+#[inline(always)]
+pub fn quoted_checksum_at(protocol: u8) -> usize {
+    QUOTE_PORTS
+        + if protocol == Protocol::TCP {
+            TCP_CSUM_OFFSET
+        } else {
+            UDP_CSUM_OFFSET
+        }
+}
+
+/// The quoted transport checksum after the quoted address and port changed (see
+/// [`quoted_checksum_at`]).
+#[inline(always)]
+pub fn quoted_checksum(
+    protocol: u8,
+    check: u16,
+    from: [u16; 2],
+    to: [u16; 2],
+    from_port: u16,
+    to_port: u16,
+) -> u16 {
+    let udp = protocol == Protocol::UDP;
+    if udp && check == 0 {
+        return 0;
+    }
+    match csum::replace4_2(check, from, to, from_port, to_port) {
+        0 if udp => 0xffff,
+        updated => updated,
+    }
+}
 
 /// Whether an ICMP type is an error, which quotes the packet it is about.
 #[inline(always)]
@@ -94,7 +132,19 @@ pub fn error_to_target(start: usize, end: usize) -> Option<()> {
         // checksum and its source port changed.
         let check = csum::replace4((*icmp).check, vip, pod);
         let check = csum::replace2(check, old_quote_check, new_quote_check);
-        (*icmp).check = csum::replace2(check, vip_port, pod_port);
+        let mut check = csum::replace2(check, vip_port, pod_port);
+        let protocol = (*quote).protocol;
+        let at = quoted_checksum_at(protocol);
+        let quoted = ETH_HDR_LEN + usize::from(u16::from_be((*ip).total_len));
+        if at + 2 <= quoted {
+            if let Some(inner) = ptr_at::<u16>(start, end, at) {
+                let old = *inner;
+                let new = quoted_checksum(protocol, old, vip, pod, vip_port, pod_port);
+                *inner = new;
+                check = csum::replace2(check, old, new);
+            }
+        }
+        (*icmp).check = check;
     }
     Some(())
 }

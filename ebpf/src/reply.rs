@@ -124,9 +124,9 @@ const QUOTE_DST_PORT: usize = icmp::QUOTE_PORTS + 2;
 /// unreachable) or by the node while forwarding to it (fragmentation needed, time exceeded).
 /// It quotes the client's packet as the pod got it, addressed to the pod, which the client
 /// never used: the quote gets the VIP and service port back, so the client's stack finds its
-/// socket (a connected UDP socket gets ECONNREFUSED, TCP learns the path MTU); and the error's
-/// own source becomes the VIP when the pod sent it. The quoted transport checksum is left as
-/// it is: receivers do not check it in an ICMP error (Linux does not). Counted as `reply_nat`.
+/// socket (a connected UDP socket gets ECONNREFUSED, TCP learns the path MTU), with the quoted
+/// transport checksum updated when the quote reaches it (see `icmp::quoted_checksum_at`); and
+/// the error's own source becomes the VIP when the pod sent it. Counted as `reply_nat`.
 #[inline(always)]
 fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
     // The outer IPv4 header, then the ICMP header and the quote up to its ports.
@@ -192,6 +192,13 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
             )
             .is_ok()
         && ctx.store(QUOTE_DST_PORT, &nat.vip_port, 0).is_ok()
+        && quoted_checksum(
+            ctx,
+            quote[9],
+            ETH_HDR_LEN + usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+            (pod, nat.vip),
+            (word(22), nat.vip_port),
+        )
         && (!from_pod
             || (ctx.l3_csum_replace(IP_CSUM_OFFSET, from, to, 4).is_ok()
                 && ctx.store(IP_SRC_OFFSET, &nat.vip, 0).is_ok()));
@@ -205,6 +212,38 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
         return to_client(ctx, source, client, icmp::ICMP);
     }
     NEXT
+}
+
+/// Updates the quoted transport checksum of an ICMP error for the quote's new destination
+/// address and port, and the ICMP checksum for that; nothing to do when the quote (which ends
+/// at `quoted`) stops before it. False when a helper failed.
+#[inline(always)]
+fn quoted_checksum(
+    ctx: &TcContext,
+    protocol: u8,
+    quoted: usize,
+    (from, to): ([u8; 4], [u8; 4]),
+    (from_port, to_port): (u16, u16),
+) -> bool {
+    let at = icmp::quoted_checksum_at(protocol);
+    if at + 2 > quoted {
+        return true;
+    }
+    let Ok(old) = ctx.load::<u16>(at) else {
+        return true;
+    };
+    // SAFETY: [u8; 4] and [u16; 2] are the same 4 bytes.
+    let (from, to) = unsafe {
+        (
+            core::mem::transmute::<[u8; 4], [u16; 2]>(from),
+            core::mem::transmute::<[u8; 4], [u16; 2]>(to),
+        )
+    };
+    let new = icmp::quoted_checksum(protocol, old, from, to, from_port, to_port);
+    ctx.store(at, &new, 0).is_ok()
+        && ctx
+            .l4_csum_replace(icmp::CHECKSUM, u64::from(old), u64::from(new), 2)
+            .is_ok()
 }
 
 /// The reverse-NAT entry of a flow in the reply direction (target → client), copied out.

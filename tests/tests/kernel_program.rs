@@ -1354,6 +1354,11 @@ fn quote_of(frame: &[u8]) -> Vec<u8> {
     frame[ETH_HDR_LEN..L4 + 8].to_vec()
 }
 
+/// A quote of the whole packet, as Linux sends (up to 576 bytes): the transport checksum is in it.
+fn whole_quote_of(frame: &[u8]) -> Vec<u8> {
+    frame[ETH_HDR_LEN..].to_vec()
+}
+
 const ICMP: u8 = 1;
 const NODE: [u8; 4] = [10, 244, 1, 1];
 
@@ -1396,6 +1401,33 @@ fn icmp_errors_about_a_steered_flow_quote_the_vip() {
     let counters = kernel.counters();
     assert_eq!(counters.get(Counter::REPLY_NAT), 3);
 
+    // A quote long enough to hold the transport checksum gets that back too: the client finds
+    // its packet in the quote byte for byte, for TCP and for UDP with and without a checksum.
+    let mut kernel = kernel;
+    kernel.add_service(
+        ServiceKey::ipv4(VIP, 53, Protocol::UDP),
+        ServiceEntry {
+            service_id: SERVICE,
+            ..service_entry(3, 0, Hashing::FIVE_TUPLE)
+        },
+    );
+    let datagrams = [
+        udp(CLIENT, 5353, VIP, 53, true),
+        udp(CLIENT, 5354, VIP, 53, false),
+    ];
+    for sent in [sent.clone()].iter().chain(&datagrams) {
+        let (_, delivered) = kernel.run_xdp(sent);
+        let (pod, _) = destination(&delivered);
+        let error = icmp_error(pod, CLIENT, 3, 3, [0; 4], &whole_quote_of(&delivered));
+        let (verdict, out) = kernel.run_tc(&error);
+        assert_eq!(verdict, TC_NEXT);
+        let expected = icmp_error(VIP, CLIENT, 3, 3, [0; 4], &whole_quote_of(sent));
+        assert_eq!(out, expected, "a whole quote of {sent:?}");
+        assert_eq!(checksum(&[&out[L4..]]), 0, "ICMP checksum");
+    }
+    let counters = kernel.counters();
+    assert_eq!(counters.get(Counter::REPLY_NAT), 6);
+
     // Untouched: an error about another client port, about a flow to another pod, an echo
     // request, a quote cut short.
     let other_port = with_destination(&delivered, pod, POD_PORT + 1);
@@ -1411,7 +1443,7 @@ fn icmp_errors_about_a_steered_flow_quote_the_vip() {
         assert_eq!(kernel.run_tc(packet), (TC_NEXT, packet.clone()));
     }
     let counters = kernel.counters();
-    assert_eq!(counters.get(Counter::REPLY_NAT), 3);
+    assert_eq!(counters.get(Counter::REPLY_NAT), 6);
     assert_eq!(counters.get(Counter::REPLY_ERRORS), 0);
 }
 
@@ -1454,6 +1486,31 @@ fn icmp_errors_about_a_reply_go_to_the_flows_target() {
         kernel.counters().get(Counter::REPLY_NAT),
         1 + cases.len() as u64
     );
+    // A whole quote: the transport checksum is the pod's again, so the quote is the pod's
+    // packet byte for byte.
+    let error = icmp_error(
+        ROUTER,
+        VIP,
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &whole_quote_of(&left),
+    );
+    let (verdict, out) = kernel.run_xdp(&error);
+    assert_eq!(verdict, XDP_PASS);
+    let expected = icmp_error(
+        ROUTER,
+        pod,
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &whole_quote_of(&answered),
+    );
+    assert_eq!(out, expected);
+    assert_eq!(
+        kernel.counters().get(Counter::REPLY_NAT),
+        2 + cases.len() as u64
+    );
 
     let mut other_port = left.clone();
     other_port[L4..L4 + 2].copy_from_slice(&(VIP_PORT + 1).to_be_bytes());
@@ -1478,7 +1535,7 @@ fn icmp_errors_about_a_reply_go_to_the_flows_target() {
         counters.get(Counter::NOT_TCP_UDP) - before,
         untouched.len() as u64
     );
-    assert_eq!(counters.get(Counter::REPLY_NAT), 1 + cases.len() as u64);
+    assert_eq!(counters.get(Counter::REPLY_NAT), 2 + cases.len() as u64);
 }
 
 // ---------------------------------------------------------------------------------------------
