@@ -192,7 +192,7 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
             )
             .is_ok()
         && ctx.store(QUOTE_DST_PORT, &nat.vip_port, 0).is_ok()
-        && quoted_checksum(
+        && rewrite_quoted_checksum(
             ctx,
             quote[9],
             ETH_HDR_LEN + usize::from(u16::from_be_bytes([ip[2], ip[3]])),
@@ -218,7 +218,7 @@ fn icmp_error<const FROM_POD: bool>(ctx: &TcContext) -> i32 {
 /// address and port, and the ICMP checksum for that; nothing to do when the quote (which ends
 /// at `quoted`) stops before it. False when a helper failed.
 #[inline(always)]
-fn quoted_checksum(
+fn rewrite_quoted_checksum(
     ctx: &TcContext,
     protocol: u8,
     quoted: usize,
