@@ -67,6 +67,14 @@ pub struct DataplaneSettings {
     pub pod_delivery: PodDelivery,
 }
 
+impl DataplaneSettings {
+    /// Whether steered packets may take the peer path, which needs the uplinks' TC ingress
+    /// program.
+    pub fn peer_delivery(&self) -> bool {
+        !self.pod_interfaces.is_empty() && self.pod_delivery == PodDelivery::Peer
+    }
+}
+
 /// How steered packets reach a pod interface (`dataplane.podDelivery`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodDelivery {

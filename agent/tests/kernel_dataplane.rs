@@ -870,6 +870,12 @@ fn skip_the_nodes_forwarding(
     lab.configure(&all_active())?;
     lab.start_agent()?;
     lab.wait_for_pod_links(&["p0", "p1", "p2"])?;
+    // The uplink has the peer-path program exactly when the peer delivery is configured.
+    let to_pod = lab.pins.join("links").join(match netlink {
+        true => "nl-to-pod-n0",
+        false => "to-pod-n0",
+    });
+    assert_eq!(to_pod.exists(), delivery == Delivery::Peer, "{to_pod:?}");
     // The pods' veths have no NAPI on the peer path (GRO is off): that path needs none.
     assert_eq!(
         lab.delivery_to("p0")?,
@@ -961,9 +967,21 @@ fn skip_the_nodes_forwarding(
     lab.pod_interfaces = false;
     lab.configure(&targets)?;
     lab.wait_for_pod_links(&[])?;
+    // The peer-path program goes right after the pod interfaces (see attach_and_sync).
+    let deadline = Instant::now() + WAIT;
+    while to_pod.exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "the peer-path program stays without pod interfaces:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     if netlink {
         let filters = lab.tc_filters("p0", "ingress")?;
         assert!(!filters.contains("tether_from_pod"), "{filters}");
+        let filters = lab.tc_filters("n0", "ingress")?;
+        assert!(!filters.contains("tether_to_pod"), "{filters}");
     }
     let (forwarded, redirected) = (lab.node_forwarded()?, lab.counter("redirected")?);
     let stack = spread(&lab, SPREAD)?;

@@ -86,17 +86,24 @@ impl Kernel {
         ))
     }
 
-    /// Makes the pinned attachments exactly XDP (in `mode`) and the peer-path TC program on the
-    /// ingress, and the reply TC program on the egress of `interfaces`, replacing the programs
-    /// in links that already exist. Returns a line per change, for the log.
-    pub fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<Vec<String>, Error> {
+    /// Makes the pinned attachments exactly XDP (in `mode`) and, with `to_pod`, the peer-path
+    /// TC program on the ingress, and the reply TC program on the egress of `interfaces`,
+    /// replacing the programs in links that already exist. Returns a line per change, for the
+    /// log.
+    pub fn attach(
+        &mut self,
+        interfaces: &[String],
+        mode: XdpMode,
+        to_pod: bool,
+    ) -> Result<Vec<String>, Error> {
         let mut changes = Vec::new();
         // Links that must go first: other interfaces, and XDP in the other mode (a link cannot
         // change mode, and an interface takes one XDP link).
         for (path, link) in self.pins.links() {
             let keep = match &link {
                 LinkPin::Xdp { mode: pinned, .. } => *pinned == mode,
-                LinkPin::Tc { .. } | LinkPin::ToPod { .. } => true,
+                LinkPin::Tc { .. } => true,
+                LinkPin::ToPod { .. } => to_pod,
                 // Pod interfaces are `attach_pods`' business.
                 LinkPin::FromPod { .. } => continue,
             } && interfaces.iter().any(|i| i == link.interface());
@@ -113,11 +120,13 @@ impl Kernel {
             let tc_pin = LinkPin::Tc {
                 interface: interface.clone(),
             };
-            let to_pod_pin = LinkPin::ToPod {
-                interface: interface.clone(),
-            };
-            // The TC ingress program first: the XDP program's marks need it.
-            changes.push(self.attach_tc(&to_pod_pin, interface)?);
+            if to_pod {
+                let to_pod_pin = LinkPin::ToPod {
+                    interface: interface.clone(),
+                };
+                // The TC ingress program first: the XDP program's marks need it.
+                changes.push(self.attach_tc(&to_pod_pin, interface)?);
+            }
             changes.push(self.attach_xdp(&xdp_pin, interface, mode)?);
             changes.push(self.attach_tc(&tc_pin, interface)?);
         }

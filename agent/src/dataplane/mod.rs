@@ -200,7 +200,7 @@ impl Dataplane {
         }
         let object = object::locate(options.object.as_deref())?;
         let pins = Pins::new(&options.pin_dir);
-        let (mut kernel, maps) = Kernel::load(&object, &pins)?;
+        let (kernel, maps) = Kernel::load(&object, &pins)?;
         let mut mirror = Mirror::open(maps)?;
         let reopened = mirror.state().services.len();
         // Maps before attachments: a freshly attached program finds its services ready.
@@ -209,10 +209,6 @@ impl Dataplane {
             warn!("{warning}");
         }
         let interfaces = InterfaceMirror::open(&mirror.maps().interfaces);
-        let changes = kernel.attach(&settings.interfaces, settings.xdp_mode)?;
-        for change in &changes {
-            info!("dataplane: {change}");
-        }
         let mut dataplane = Self {
             kernel,
             mirror,
@@ -220,7 +216,7 @@ impl Dataplane {
             settings: settings.clone(),
             metrics,
         };
-        dataplane.sync_interfaces(true)?;
+        dataplane.attach_and_sync(true)?;
         dataplane.record(&applied, started.elapsed());
         info!(
             object = %object.display(),
@@ -265,17 +261,35 @@ impl Dataplane {
         );
         if let Some(settings) = &model.dataplane {
             if *settings != self.settings {
-                for change in self
-                    .kernel
-                    .attach(&settings.interfaces, settings.xdp_mode)?
-                {
-                    info!("dataplane: {change}");
+                let previous = std::mem::replace(&mut self.settings, settings.clone());
+                if let Err(error) = self.attach_and_sync(false) {
+                    // Tried again with the next change.
+                    self.settings = previous;
+                    return Err(error);
                 }
-                self.settings = settings.clone();
-                self.refresh_interfaces()?;
             }
         }
         Ok(applied.summary)
+    }
+
+    /// Attaches the uplinks' programs and brings the interfaces in line with the settings. The
+    /// peer-path TC program goes on before pod interfaces get the peer role, and off after they
+    /// lost it (which clears the route cache): no marked packet meets an uplink without it.
+    fn attach_and_sync(&mut self, replace_programs: bool) -> Result<(), Error> {
+        let peer = self.settings.peer_delivery();
+        if !peer {
+            self.sync_interfaces(replace_programs)?;
+        }
+        for change in self
+            .kernel
+            .attach(&self.settings.interfaces, self.settings.xdp_mode, peer)?
+        {
+            info!("dataplane: {change}");
+        }
+        if peer {
+            self.sync_interfaces(replace_programs)?;
+        }
+        Ok(())
     }
 
     /// Brings the interfaces map and the pod-interface reply programs in line with the
