@@ -241,6 +241,21 @@ impl InterfaceRole {
     /// (`bpf_redirect_peer` from the uplink's TC ingress). Preferred over [`Self::XDP_TARGET`].
     pub const PEER_TARGET: u32 = 8;
 
+    /// How the XDP program delivers packets whose route leads out of an interface with these
+    /// roles ([`NextHopVerdict`]): the peer path, else the redirect, else the stack. The kernel
+    /// program decides with it and `tether maps interfaces` reports it.
+    pub const fn delivery(roles: u32) -> u8 {
+        if roles & Self::POD == 0 {
+            NextHopVerdict::STACK
+        } else if roles & Self::PEER_TARGET != 0 {
+            NextHopVerdict::PEER
+        } else if roles & Self::XDP_TARGET != 0 {
+            NextHopVerdict::REDIRECT
+        } else {
+            NextHopVerdict::STACK
+        }
+    }
+
     /// An [`INTERFACES_MAP`] value: roles in the low 16 bits, the MTU above.
     pub const fn pack(roles: u32, mtu: u16) -> u32 {
         roles | ((mtu as u32) << 16)
@@ -814,6 +829,26 @@ mod tests {
         assert_eq!(offset_of!(ReplyEntryV4, service_id), 8);
         assert_eq!(offset_of!(ReplyEntryV4, target_id), 12);
         assert_eq!(size_of::<TrafficCounters>(), 32);
+    }
+
+    #[test]
+    fn pod_interfaces_prefer_the_peer_path_then_the_redirect() {
+        let (pod, peer, xdp) = (
+            InterfaceRole::POD,
+            InterfaceRole::PEER_TARGET,
+            InterfaceRole::XDP_TARGET,
+        );
+        assert_eq!(
+            InterfaceRole::delivery(pod | peer | xdp),
+            NextHopVerdict::PEER
+        );
+        assert_eq!(InterfaceRole::delivery(pod | xdp), NextHopVerdict::REDIRECT);
+        assert_eq!(InterfaceRole::delivery(pod), NextHopVerdict::STACK);
+        // Only pod interfaces are delivered to.
+        assert_eq!(
+            InterfaceRole::delivery(InterfaceRole::UPLINK | peer | xdp),
+            NextHopVerdict::STACK
+        );
     }
 
     #[test]

@@ -187,11 +187,6 @@ unsafe fn to_peer(ctx: &XdpContext, ifindex: u32, macs: &[u8; 12]) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Roles an interface needs for XDP to transmit into it: a pod interface that takes XDP frames.
-const REDIRECT_INTO: u32 = InterfaceRole::POD | InterfaceRole::XDP_TARGET;
-/// Roles an interface needs for the peer path: a pod interface whose other end is a pod's.
-const PEER_INTO: u32 = InterfaceRole::POD | InterfaceRole::PEER_TARGET;
-
 /// Asks the FIB for the route to the packet's (new) destination and caches the answer.
 #[inline(always)]
 unsafe fn resolve(ctx: &XdpContext, packet: &Packet, hop: *mut NextHop, now: u64) {
@@ -212,15 +207,10 @@ unsafe fn resolve(ctx: &XdpContext, packet: &Packet, hop: *mut NextHop, now: u64
             return;
         }
         let pod = match interface(params.ifindex) {
-            Some((roles, mtu)) if rc == FIB_SUCCESS => {
-                if roles & PEER_INTO == PEER_INTO {
-                    Some((mtu, NextHopVerdict::PEER))
-                } else if roles & REDIRECT_INTO == REDIRECT_INTO {
-                    Some((mtu, NextHopVerdict::REDIRECT))
-                } else {
-                    None
-                }
-            }
+            Some((roles, mtu)) if rc == FIB_SUCCESS => match InterfaceRole::delivery(roles) {
+                NextHopVerdict::STACK => None,
+                verdict => Some((mtu, verdict)),
+            },
             _ => None,
         };
         (*hop).expires = now + NEXTHOP_TTL_TICKS;

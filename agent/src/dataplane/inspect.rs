@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use tether_common::{
-    FlowEntry, FlowKeyV4, Hashing, InterfaceRole, ServiceKey, TargetEntry, TargetState,
-    TrafficCounters, COUNTER_COUNT, COUNTER_NAMES,
+    FlowEntry, FlowKeyV4, Hashing, InterfaceRole, NextHopVerdict, ServiceKey, TargetEntry,
+    TargetState, TrafficCounters, COUNTER_COUNT, COUNTER_NAMES,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -349,16 +349,13 @@ fn interfaces(maps: &Maps) -> Result<Rendered, Error> {
         let (roles, mtu) = InterfaceRole::unpack(value);
         // Names as this process's network namespace knows them: the agent's, when run beside it.
         let name = interface_name(ifindex);
-        // Which path the XDP program gives packets steered to this interface (route.rs).
-        let delivery = if roles & InterfaceRole::POD == 0 {
-            None
-        } else if roles & InterfaceRole::PEER_TARGET != 0 {
-            Some("peer")
-        } else if roles & InterfaceRole::XDP_TARGET != 0 {
-            Some("redirect")
-        } else {
-            Some("stack")
-        };
+        // Which path the XDP program gives packets steered to this pod interface.
+        let delivery =
+            (roles & InterfaceRole::POD != 0).then(|| match InterfaceRole::delivery(roles) {
+                NextHopVerdict::PEER => "peer",
+                NextHopVerdict::REDIRECT => "redirect",
+                _ => "stack",
+            });
         let role = match delivery {
             None => "uplink",
             Some("peer") => "pod: peer (into the pod's namespace after GRO)",
