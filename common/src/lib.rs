@@ -762,16 +762,25 @@ mod user {
         TargetEntry, TrafficCounters,
     };
 
-    // SAFETY (all): plain `#[repr(C)]` data with no implicit padding (checked by the layout
-    // tests) and no invalid bit patterns; padding is explicit fields.
+    // Each: plain `#[repr(C)]` data with no implicit padding (checked by the layout tests)
+    // and no invalid bit patterns; padding is explicit fields.
+    // SAFETY: as above.
     unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ServiceEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for TargetEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowKeyV4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ReplyEntryV4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for TrafficCounters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for NextHop {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowCacheEntry {}
 }
 

@@ -8,12 +8,11 @@
 //! errors the pod or the node send to the client, is in `reply.rs`.
 use crate::{
     csum,
-    maps::{flows4, TARGETS},
+    maps::{flows4, target_address, TARGETS},
     parse::{
         ptr_at, Ipv4Hdr, Ports, ETH_HDR_LEN, IPV4_FRAGMENT_BITS, IPV4_HDR_LEN, L4_OFFSET,
         TCP_CSUM_OFFSET, UDP_CSUM_OFFSET,
     },
-    steer::target_address,
 };
 use core::mem::transmute;
 use tether_common::{FlowKeyV4, Protocol, TargetState};
@@ -106,8 +105,11 @@ pub fn error_to_target(start: usize, end: usize) -> Option<()> {
         let (vip_port, client_port) = ((*ports).src, (*ports).dst);
         let key: FlowKeyV4 =
             transmute([client[0], client[1], vip[0], vip[1], client_port, vip_port]);
-        // By reference, and one call per map (see maps::flows4).
-        #[allow(clippy::needless_borrows_for_generic_args)]
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the key would be copied to another stack slot first; one call \
+                      per map, see maps::flows4"
+        )]
         let flow = match (*quote).protocol {
             Protocol::TCP => flows4::<true>().get_ptr(&key)?,
             Protocol::UDP => flows4::<false>().get_ptr(&key)?,

@@ -27,6 +27,14 @@ pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entri
 #[map(name = "TETHER_TARGETS")]
 pub static TARGETS: Array<TargetEntry> = Array::with_max_entries(MAX_TARGETS, 0);
 
+/// The IPv4 address of a target as two network-order words.
+#[inline(always)]
+pub fn target_address(target: &TargetEntry) -> [u16; 2] {
+    // SAFETY: `addr` is the first field of a 4-byte aligned struct; bytes 12..16 hold the
+    // IPv4 address of an IPv4-mapped address.
+    unsafe { *(target.addr.as_ptr().add(12) as *const [u16; 2]) }
+}
+
 #[map(name = "TETHER_MAGLEV")]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_SERVICES * MAGLEV_SIZE, 0);
 
@@ -118,8 +126,12 @@ pub fn count_traffic(service_id: u32, target_id: u32, traffic: Traffic) {
     }
 }
 
+/// # Safety
+/// `counters` is a value pointer from a lookup that nothing else writes meanwhile (see
+/// `count`).
 #[inline(always)]
 unsafe fn add(counters: *mut TrafficCounters, traffic: Traffic) {
+    // SAFETY: the caller's promise.
     unsafe {
         (*counters).packets += 1;
         (*counters).bytes += traffic.bytes;

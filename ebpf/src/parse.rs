@@ -123,11 +123,12 @@ pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*mut T> {
 #[inline(always)]
 pub fn parse(start: usize, end: usize, len: usize) -> Result<Packet, Skip> {
     let ether_type = ptr_at::<u16>(start, end, 12).ok_or(Skip(Counter::TRUNCATED))?;
-    // SAFETY (all reads below): ptr_at checked the bytes are inside the packet.
+    // SAFETY: ptr_at checked the bytes are inside the packet (so for every read below).
     if unsafe { *ether_type } != ETH_P_IPV4 {
         return Err(Skip(Counter::NOT_IPV4));
     }
     let ip = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN).ok_or(Skip(Counter::TRUNCATED))?;
+    // SAFETY: as above.
     let (version_ihl, total_len, flags_frag, protocol) = unsafe {
         (
             (*ip).version_ihl,
@@ -161,6 +162,7 @@ pub fn parse(start: usize, end: usize, len: usize) -> Result<Packet, Skip> {
         Protocol::TCP => {
             let header = ptr_at::<[u8; TCP_HDR_LEN]>(start, end, L4_OFFSET)
                 .ok_or(Skip(Counter::TRUNCATED))?;
+            // SAFETY: as above.
             let (data_offset, flags) = unsafe { ((*header)[12] >> 4, (*header)[13]) };
             if data_offset < 5 {
                 return Err(Skip(Counter::GARBAGE));

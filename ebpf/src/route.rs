@@ -144,6 +144,7 @@ pub fn to_target(ctx: &XdpContext, packet: &Packet, target_id: u32, fresh: bool)
 /// `eth` and `ip` point at the frame's Ethernet and (checked) IPv4 headers.
 #[inline(always)]
 unsafe fn forward(eth: usize, ip: *mut Ipv4Hdr, macs: &[u8; 12]) {
+    // SAFETY: the caller's promise: both headers are inside the frame.
     unsafe {
         (*ip).ttl -= 1;
         let check = u32::from((*ip).check) + u32::from(0x0100u16.to_be());
@@ -188,8 +189,13 @@ unsafe fn to_peer(ctx: &XdpContext, ifindex: u32, macs: &[u8; 12]) -> u32 {
 }
 
 /// Asks the FIB for the route to the packet's (new) destination and caches the answer.
+///
+/// # Safety
+/// `packet` was parsed from `ctx`'s frame, and `hop` is a value pointer from a lookup.
 #[inline(always)]
 unsafe fn resolve(ctx: &XdpContext, packet: &Packet, hop: *mut NextHop, now: u64) {
+    // SAFETY: the caller's promise: the IPv4 header and the next-hop entry are valid; the
+    // context is the program's xdp_md.
     unsafe {
         let ip = packet.ip;
         let mut params = FibParams::ipv4(

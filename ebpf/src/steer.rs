@@ -35,8 +35,8 @@
 use crate::{
     csum, icmp,
     maps::{
-        count, count_traffic, flows4, replies4, Traffic, FLOW_CACHE, MAGLEV, PORTS, SERVICES,
-        TARGETS,
+        count, count_traffic, flows4, replies4, target_address, Traffic, FLOW_CACHE, MAGLEV, PORTS,
+        SERVICES, TARGETS,
     },
     parse::{self, Packet},
     route,
@@ -76,9 +76,9 @@ pub fn steer(ctx: &XdpContext) -> u32 {
     // Traffic to ports no service listens on leaves after one inlined array read. Flows are
     // keyed by a service port, so no flow is skipped.
     let (word, bit) = port_bit(packet.protocol, u16::from_be(key.dst_port));
-    // SAFETY: a value pointer from a lookup, read at once.
     if PORTS
         .get_ptr(word)
+        // SAFETY: a value pointer from a lookup, read at once.
         .is_none_or(|bits| unsafe { *bits } & bit == 0)
     {
         count(Counter::NOT_SERVICE);
@@ -116,8 +116,10 @@ fn steer_flow<const TCP: bool>(ctx: &XdpContext, packet: &Packet, key: FlowKeyV4
         }
     }
     // Established flows.
-    // By reference: by value, the key would be copied to another stack slot first.
-    #[allow(clippy::needless_borrows_for_generic_args)]
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the key would be copied to another stack slot first"
+    )]
     let flow = flows4::<TCP>().get_ptr(&key);
     if let Some(flow) = flow {
         // SAFETY: a value pointer from a lookup, read at once.
@@ -321,14 +323,6 @@ fn pick(service_id: u32, hash: u32) -> Option<(u32, TargetEntry)> {
         }
     }
     None
-}
-
-/// The IPv4 address of a target as two network-order words.
-#[inline(always)]
-pub fn target_address(target: &TargetEntry) -> [u16; 2] {
-    // SAFETY: `addr` is the first field of a 4-byte aligned struct; bytes 12..16 hold the
-    // IPv4 address of an IPv4-mapped address.
-    unsafe { *(target.addr.as_ptr().add(12) as *const [u16; 2]) }
 }
 
 /// Rewrites the destination to the target, with incremental IPv4 and TCP/UDP checksum updates.

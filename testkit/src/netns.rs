@@ -1,8 +1,18 @@
-//! Support for privileged tests: the root check, kernel version checks, and network namespaces
-//! that clean up after themselves.
+//! Support for privileged tests and benches: the root check, kernel version checks, bpffs, and
+//! network namespaces that clean up after themselves.
 //!
 //! Privileged tests run as root. Not as root they fail with a clear message, unless
 //! `TETHER_SKIP_PRIVILEGED=1`, in which case they print a skip line and pass.
+//!
+//! A [`Netns`] is a guard, as in aya's integration tests: a uniquely named namespace (see
+//! [`unique`]) that exists while the value lives and is deleted, with every interface in it,
+//! when it is dropped, on success, error and panic alike.
+
+use anyhow::{bail, Context, Result};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Whether a privileged test may run: true as root; otherwise panics, or prints a skip line and
 /// returns false when `TETHER_SKIP_PRIVILEGED=1`.
@@ -47,14 +57,26 @@ pub fn require_kernel(major: u32, minor: u32, feature: &str) {
     );
 }
 
+/// Mounts bpffs on `/sys/fs/bpf` when it is not mounted there yet (pinned maps live on it), if
+/// this process may; does nothing otherwise.
+pub fn mount_bpffs_if_needed() {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|mounts| {
+            mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        })
+        .unwrap_or(false);
+    if !mounted {
+        let _ = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .stdin(Stdio::null())
+            .status();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Network namespaces
-
-use anyhow::{bail, Context, Result};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A unique name for this test's objects: `prefix`, the process id and a counter, so tests
 /// running in parallel (or a rerun after a crash) never share a namespace or a pin directory.
@@ -122,6 +144,33 @@ impl Netns {
             .with_context(|| format!("sysctl {key}={value} in {}", self.name))
     }
 
+    /// Reads a sysctl inside the namespace, trimmed; `None` when it cannot be read.
+    pub fn read_sysctl(&self, key: &str) -> Option<String> {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        self.run(|| std::fs::read_to_string(&path).ok())
+            .ok()
+            .flatten()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Runs a shell script with the namespace's own /sys (`ip netns exec` remounts it), for the
+    /// sysfs knobs that have no netlink or ioctl: threaded NAPI, RPS masks.
+    pub fn sysfs_script(&self, script: &str) -> Result<()> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-ec", script])
+            .stdin(Stdio::null())
+            .output()
+            .context("run ip netns exec")?;
+        if !output.status.success() {
+            bail!(
+                "in {}: {script}: {}",
+                self.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` inside the namespace, through setns in the child (the
     /// mount namespace stays the host's, so bpffs pins stay visible, unlike `ip netns exec`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
@@ -146,8 +195,7 @@ impl Netns {
     /// packets then carry complete checksums, which the receiving stack verifies, instead of
     /// the partial ones veths pass around and receivers trust.
     pub fn disable_tx_checksum(&self, interface: &str) -> Result<()> {
-        let interface = interface.to_owned();
-        self.run(move || set_feature(&interface, ETHTOOL_STXCSUM, false))?
+        self.set_feature(interface, Feature::TxChecksum, false)
     }
 
     /// Turns GRO on for `interface` (`ethtool -K IF gro on`). On a veth that also turns on its
@@ -158,8 +206,13 @@ impl Netns {
 
     /// Turns GRO on or off for `interface` (`ethtool -K IF gro on|off`).
     pub fn set_gro(&self, interface: &str, on: bool) -> Result<()> {
+        self.set_feature(interface, Feature::Gro, on)
+    }
+
+    /// Turns an offload `feature` of `interface` on or off (`ethtool -K IF FEATURE on|off`).
+    pub fn set_feature(&self, interface: &str, feature: Feature, on: bool) -> Result<()> {
         let interface = interface.to_owned();
-        self.run(move || set_feature(&interface, ETHTOOL_SGRO, on))?
+        self.run(move || set_feature(&interface, feature, on))?
     }
 }
 
@@ -169,6 +222,11 @@ impl Drop for Netns {
             eprintln!("cleanup: {error:#}");
         }
     }
+}
+
+/// Deletes the namespace named `name` that no [`Netns`] owns (one a killed run left behind).
+pub fn delete(name: &str) -> Result<()> {
+    ip(&["netns", "del", name])
 }
 
 /// A veth pair from `a` (named `a_name` there) to `b` (named `b_name` there), both up.
@@ -195,6 +253,7 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
 fn ip(args: &[&str]) -> Result<()> {
     let output = Command::new("ip")
         .args(args)
+        .stdin(Stdio::null())
         .output()
         .context("run ip (iproute2)")?;
     if !output.status.success() {
@@ -207,7 +266,9 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn enter(path: &std::path::Path) -> Result<()> {
+/// Moves the calling thread into the network namespace at `path` (for good: sockets it creates
+/// afterwards belong to that namespace). [`Netns::run`] does it on a scoped thread instead.
+pub fn enter(path: &Path) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     // SAFETY: a valid namespace fd; affects the calling thread only.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -220,11 +281,33 @@ fn enter(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-const ETHTOOL_STXCSUM: u32 = 0x17;
-const ETHTOOL_SGRO: u32 = 0x2c;
+/// An offload an interface can have on or off: the `ETHTOOL_S*` command that sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// Transmit checksum offload (off also turns TSO off).
+    TxChecksum,
+    /// Generic receive offload (on a veth, also its NAPI).
+    Gro,
+    /// TCP segmentation offload.
+    Tso,
+    /// Generic segmentation offload.
+    Gso,
+}
 
-/// Sets an ethtool feature flag (an `ETHTOOL_S*` command) on `interface`.
-fn set_feature(interface: &str, command: u32, on: bool) -> Result<()> {
+impl Feature {
+    fn command(self) -> u32 {
+        match self {
+            Feature::TxChecksum => 0x17,
+            Feature::Gro => 0x2c,
+            Feature::Tso => 0x1f,
+            Feature::Gso => 0x24,
+        }
+    }
+}
+
+/// Sets an ethtool feature flag on `interface`, in the calling thread's namespace.
+fn set_feature(interface: &str, feature: Feature, on: bool) -> Result<()> {
+    let command = feature.command();
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     #[repr(C)]
     struct EthtoolValue {
@@ -262,7 +345,7 @@ fn set_feature(interface: &str, command: u32, on: bool) -> Result<()> {
         libc::close(socket);
         if result != 0 {
             bail!(
-                "ethtool command {command:#x} {} on {interface}: {error}",
+                "ethtool {feature:?} {} on {interface}: {error}",
                 if on { "on" } else { "off" }
             );
         }

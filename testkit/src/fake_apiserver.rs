@@ -15,13 +15,18 @@
 //! - 410 Gone: a watch from a resourceVersion older than the compaction point gets an ERROR
 //!   event with a `Status` of code 410 (reason Expired), as the real server sends it;
 //!   [`FakeApiServer::expire`] compacts and sends that to every open watch;
+//! - PUT (replace) and PATCH (JSON merge patch) of one object and of its `/status`
+//!   subresource (which changes only `status`; the main resource leaves `status` alone), with
+//!   a `metadata.resourceVersion` in the body checked (409 Conflict when stale); Leases;
 //! - GET of one object (404 `Status` when absent), POST create (201; 409 AlreadyExists), a
 //!   bearer token (401 without it), and 404 for resources it is told not to serve (a CRD that
 //!   is not installed).
 //!
 //! It runs on its own thread and runtime, so a test can stop it (the API server is lost: the
 //! port refuses connections and open watches break) and start it again on the same port with
-//! the same objects.
+//! the same objects. It can also be lost behind something that still takes connections
+//! ([`FakeApiServer::stop_answering`]): then each request is read and counted, so a test can
+//! tell how often clients retried during the outage.
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -106,6 +111,41 @@ pub const RESOURCES: &[Resource] = &[
         kind: "KongUpstreamPolicy",
         builtin: false,
     },
+    Resource {
+        plural: "gatewayclasses",
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "GatewayClass",
+        builtin: false,
+    },
+    Resource {
+        plural: "gateways",
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "Gateway",
+        builtin: false,
+    },
+    Resource {
+        plural: "referencegrants",
+        group: "gateway.networking.k8s.io",
+        version: "v1beta1",
+        kind: "ReferenceGrant",
+        builtin: false,
+    },
+    Resource {
+        plural: "namespaces",
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        builtin: true,
+    },
+    Resource {
+        plural: "leases",
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        builtin: true,
+    },
 ];
 
 impl Resource {
@@ -126,13 +166,24 @@ impl Resource {
     }
 }
 
-/// One request the server answered.
+/// One request the server received.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// [`UNANSWERED`] for a request read while the server was not answering.
     pub status: u16,
+}
+
+/// The [`Seen::status`] of a request whose connection was closed without an answer.
+pub const UNANSWERED: u16 = 0;
+
+/// Whether a serving thread speaks the API or only takes requests and drops them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Answering,
+    Unanswering,
 }
 
 struct Change {
@@ -155,6 +206,7 @@ struct Watcher {
 struct Selector {
     name: Option<String>,
     namespace: Option<String>,
+    type_: Option<String>,
     labels: Vec<(String, Option<String>, bool)>,
 }
 
@@ -167,6 +219,8 @@ impl Selector {
                 match key {
                     "metadata.name" => selector.name = Some(value),
                     "metadata.namespace" => selector.namespace = Some(value),
+                    // A Secret's type: `type=kubernetes.io/tls`.
+                    "type" => selector.type_ = Some(value),
                     _ => {}
                 }
             }
@@ -203,6 +257,11 @@ impl Selector {
                 return false;
             }
         }
+        if let Some(type_) = &self.type_ {
+            if object["type"].as_str() != Some(type_) {
+                return false;
+            }
+        }
         self.labels.iter().all(|(key, value, wanted)| {
             let found = meta["labels"][key].as_str();
             let hit = match value {
@@ -232,6 +291,20 @@ struct State {
     race_secret: Option<Value>,
     /// When each revision was sent to watchers.
     sent_at: BTreeMap<u64, Instant>,
+    /// Every accepted PUT and PATCH, in order.
+    writes: Vec<Write>,
+}
+
+/// An accepted PUT or PATCH.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub method: String,
+    pub plural: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// To `/status`.
+    pub subresource: bool,
+    pub body: Value,
 }
 
 impl State {
@@ -250,6 +323,7 @@ impl State {
             next_uid: 1,
             race_secret: None,
             sent_at: BTreeMap::new(),
+            writes: Vec::new(),
         }
     }
 
@@ -456,7 +530,7 @@ impl FakeApiServer {
             running: None,
             tls: None,
         };
-        server.serve(listener)?;
+        server.serve(listener, Mode::Answering)?;
         Ok(server)
     }
 
@@ -470,7 +544,7 @@ impl FakeApiServer {
             running: None,
             tls: Some(tls),
         };
-        server.serve(listener)?;
+        server.serve(listener, Mode::Answering)?;
         Ok(server)
     }
 
@@ -488,11 +562,11 @@ impl FakeApiServer {
             running: None,
             tls: None,
         };
-        server.serve(listener)?;
+        server.serve(listener, Mode::Answering)?;
         Ok(server)
     }
 
-    fn serve(&mut self, listener: std::net::TcpListener) -> Result<()> {
+    fn serve(&mut self, listener: std::net::TcpListener, mode: Mode) -> Result<()> {
         listener.set_nonblocking(true)?;
         let state = self.state.clone();
         let tls = self.tls.as_ref().map(|t| t.config.clone());
@@ -506,7 +580,7 @@ impl FakeApiServer {
                 else {
                     return;
                 };
-                runtime.block_on(run(listener, state, tls, stopped));
+                runtime.block_on(run(listener, state, tls, mode, stopped));
             })?;
         self.running = Some(Running {
             stop: Some(stop),
@@ -539,11 +613,26 @@ impl FakeApiServer {
         self.lock().watchers.clear();
     }
 
-    /// Serves again on the same port, with the same objects and revisions.
-    pub fn restart(&mut self) -> Result<()> {
+    /// The API server is lost behind something that still takes connections (a TCP load
+    /// balancer with no healthy backend): open watches break, and every new connection is
+    /// read up to its request head, recorded in [`seen`](Self::seen) with status
+    /// [`UNANSWERED`], and closed without an answer, as a server dying mid-request closes it.
+    /// Unlike [`stop`](Self::stop), this lets a test count the clients' retries. Objects stay;
+    /// [`restart`](Self::restart) answers again.
+    pub fn stop_answering(&mut self) -> Result<()> {
+        self.stop();
         let listener = std::net::TcpListener::bind(self.address)
             .with_context(|| format!("rebind {}", self.address))?;
-        self.serve(listener)
+        self.serve(listener, Mode::Unanswering)
+    }
+
+    /// Serves again on the same port, with the same objects and revisions (after
+    /// [`stop`](Self::stop) or [`stop_answering`](Self::stop_answering)).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let listener = std::net::TcpListener::bind(self.address)
+            .with_context(|| format!("rebind {}", self.address))?;
+        self.serve(listener, Mode::Answering)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -559,7 +648,31 @@ impl FakeApiServer {
         let kind = object["kind"].as_str().unwrap_or_default().to_string();
         let resource = Resource::by_kind(&kind)
             .unwrap_or_else(|| panic!("the fake API server does not know kind {kind:?}"));
-        self.lock().put(resource, object).0
+        let mut object = object;
+        let mut state = self.lock();
+        // As kubectl apply: the stored status stays (controllers own it).
+        if object.get("status").is_none() {
+            let key = (
+                object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+            if let Some(status) = state
+                .objects
+                .get(resource.plural)
+                .and_then(|m| m.get(&key))
+                .and_then(|stored| stored.get("status"))
+                .cloned()
+            {
+                object["status"] = status;
+            }
+        }
+        state.put(resource, object).0
     }
 
     /// Deletes an object; watchers see DELETED. False when there was none.
@@ -627,6 +740,11 @@ impl FakeApiServer {
     }
 
     /// Every request answered so far.
+    /// Every accepted PUT and PATCH so far.
+    pub fn writes(&self) -> Vec<Write> {
+        self.lock().writes.clone()
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
     }
@@ -698,6 +816,7 @@ async fn run(
     listener: std::net::TcpListener,
     state: Arc<Mutex<State>>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    mode: Mode,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -713,6 +832,17 @@ async fn run(
                 let state = state.clone();
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
+                    if mode == Mode::Unanswering {
+                        match acceptor {
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    unanswered(stream, &state).await;
+                                }
+                            }
+                            None => unanswered(stream, &state).await,
+                        }
+                        return;
+                    }
                     let service = service_fn(move |request| answer(request, state.clone()));
                     match acceptor {
                         Some(acceptor) => {
@@ -740,6 +870,39 @@ async fn run(
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// Reads one request head (bounded in size and time), records it as [`UNANSWERED`], and
+/// drops the connection: the client sees it closed before any response.
+async fn unanswered<S>(mut stream: S, state: &Arc<Mutex<State>>)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    const LIMIT: usize = 64 * 1024;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while head.len() < LIMIT && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(read)) if read > 0 => head.extend_from_slice(&chunk[..read]),
+            _ => return,
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target)) = (words.next(), words.next()) else {
+        return;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if let Ok(mut state) = state.lock() {
+        state.seen.push(Seen {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            status: UNANSWERED,
+        });
+    }
 }
 
 type Reply = Response<ReplyBody>;
@@ -883,6 +1046,11 @@ async fn handle(
     body: &Bytes,
     state: &Arc<Mutex<State>>,
 ) -> Reply {
+    // `.../NAME/status`: the status subresource (writes change only `status`).
+    let (path, subresource) = match path.strip_suffix("/status") {
+        Some(object) if route(object).is_some_and(|(_, _, name)| name.is_some()) => (object, true),
+        _ => (path, false),
+    };
     let Some((resource, namespace, name)) = route(path) else {
         return reply(
             404,
@@ -1018,6 +1186,81 @@ async fn handle(
                 .unwrap_or_default();
             reply(201, &stored)
         }
+        (&Method::PUT, Some(name)) | (&Method::PATCH, Some(name)) => {
+            let Ok(body) = serde_json::from_slice::<Value>(body) else {
+                return reply(400, &status(400, "BadRequest", "the body is not JSON"));
+            };
+            let key = (namespace.clone().unwrap_or_default(), name.clone());
+            let mut state = lock();
+            let Some(stored) = state
+                .objects
+                .get(resource.plural)
+                .and_then(|m| m.get(&key))
+                .cloned()
+            else {
+                return reply(
+                    404,
+                    &status(
+                        404,
+                        "NotFound",
+                        &format!("{} \"{name}\" not found", resource.plural),
+                    ),
+                );
+            };
+            // Optimistic concurrency, as the real server: a resourceVersion in the body must
+            // be the stored one.
+            if let Some(version) = body["metadata"]["resourceVersion"].as_str() {
+                if Some(version) != stored["metadata"]["resourceVersion"].as_str() {
+                    return reply(
+                        409,
+                        &status(
+                            409,
+                            "Conflict",
+                            &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", resource.plural),
+                        ),
+                    );
+                }
+            }
+            let mut updated = if *method == Method::PUT {
+                body.clone()
+            } else {
+                let mut merged = stored.clone();
+                merge_patch(&mut merged, &body);
+                merged
+            };
+            if subresource {
+                // Only status changes through /status.
+                let mut object = stored.clone();
+                object["status"] = updated["status"].clone();
+                updated = object;
+            } else if resource.plural != "leases" && resource.plural != "secrets" {
+                // The main resource does not change status (the CRDs' status subresource).
+                updated["status"] = stored["status"].clone();
+            }
+            updated["metadata"]["namespace"] = stored["metadata"]["namespace"].clone();
+            updated["metadata"]["name"] = json!(name);
+            if updated["status"].is_null() {
+                if let Some(map) = updated.as_object_mut() {
+                    map.remove("status");
+                }
+            }
+            state.put(resource, updated);
+            let stored = state
+                .objects
+                .get(resource.plural)
+                .and_then(|m| m.get(&key))
+                .cloned()
+                .unwrap_or_default();
+            state.writes.push(Write {
+                method: method.to_string(),
+                plural: resource.plural,
+                namespace: key.0,
+                name: key.1,
+                subresource,
+                body,
+            });
+            reply(200, &stored)
+        }
         _ => reply(
             405,
             &status(
@@ -1026,6 +1269,26 @@ async fn handle(
                 "the fake API server does not do that",
             ),
         ),
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Some(map) = target.as_object_mut() {
+        for (key, value) in patch {
+            if value.is_null() {
+                map.remove(key);
+            } else {
+                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! The seed how-to's cluster, for `tether run --kubernetes` tests: a [`FakeApiServer`] holding
 //! the echo Service and one EndpointSlice per echo pod, the in-process echo pods themselves,
 //! and the real `tether` pointed at the server through a generated kubeconfig.
-use crate::agent::{Options, TempDir, Tether};
+use crate::agent::{Options, Tether};
 use crate::cluster::{self, Endpoint, NS};
 use crate::echo::EchoServer;
 use crate::fake_apiserver::FakeApiServer;
+use crate::fs::TempDir;
 use anyhow::{bail, Result};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -82,6 +83,32 @@ impl Lab {
         env: &[(&str, &str)],
         flag: bool,
     ) -> Result<Tether> {
+        self.tether_on(binary, NODE_CONFIG, extra, env, flag).await
+    }
+
+    /// [`Lab::tether_with`] with the node-local file `node_config` (a TLS listener, say).
+    pub async fn tether_on(
+        &self,
+        binary: &str,
+        node_config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        flag: bool,
+    ) -> Result<Tether> {
+        self.tether_as(binary, node_config, "test-node", extra, env, flag)
+            .await
+    }
+
+    /// [`Lab::tether_on`] as the agent of node `node` (its name in Events and Leases).
+    pub async fn tether_as(
+        &self,
+        binary: &str,
+        node_config: &str,
+        node: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        flag: bool,
+    ) -> Result<Tether> {
         let kubeconfig = self.api.kubeconfig(self.dir.path())?;
         let mut args: Vec<String> = vec!["--kubernetes".into()];
         let mut env: Vec<(String, String)> = env
@@ -98,12 +125,12 @@ impl Lab {
             "--cookie-secret".into(),
             COOKIE_SECRET.into(),
             "--node-name".into(),
-            "test-node".into(),
+            node.into(),
         ]);
         args.extend(extra.iter().map(|a| a.to_string()));
         Tether::start_with(
             binary,
-            NODE_CONFIG,
+            node_config,
             Options {
                 args,
                 env,

@@ -1,5 +1,5 @@
 //! A small HTTP backend that says which pod it is, like the echo image of the Kong how-to.
-//! The behaviour lives in [`tether_tests::echo`], which the integration tests run in-process.
+//! The behaviour lives in [`tether_testkit::echo`], which the integration tests run in-process.
 use anyhow::Result;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -19,5 +19,5 @@ struct Options {
 
 fn main() -> Result<()> {
     let options = Options::parse();
-    tether_tests::echo::run(options.listen, &options.name, options.workers)
+    tether_testkit::echo::run(options.listen, &options.name, options.workers)
 }

@@ -3,7 +3,10 @@
 //! - any path: `Running on Pod NAME.` and an `x-pod: NAME` header;
 //! - `/headers...`: also lists the request's headers, one `name: value` a line;
 //! - `?sleep_ms=N`: waits N ms (at most 60 s) before answering;
-//! - an `Upgrade` request: answers 101 and echoes every byte back on the tunnel.
+//! - `?size=N`: pads the body with `.` to N bytes (at most 64 MiB), for large responses;
+//! - every answer but an upgrade's says how many request body bytes it read: `x-received-bytes`;
+//! - an `Upgrade` request: answers 101 and echoes every byte back on the tunnel; a `CONNECT`
+//!   answers 200 and does the same.
 //!
 //! [`run`] serves it until the process ends (the `tether-echo` binary); [`EchoServer`] runs it
 //! inside a test, on its own thread and runtime, counts requests, and can be stopped (its port
@@ -29,6 +32,8 @@ use tokio::task::JoinSet;
 
 /// The longest `sleep_ms` honoured.
 const MAX_SLEEP_MS: u64 = 60_000;
+/// The largest `size` honoured.
+const MAX_SIZE: usize = 64 << 20;
 /// How long [`EchoServer::stop`] waits after closing, for peers to notice.
 const STOP_SETTLE: Duration = Duration::from_millis(100);
 
@@ -125,8 +130,9 @@ async fn answer(
             response.headers_mut().insert("x-pod", value);
         }
     };
-    if request.headers().contains_key(UPGRADE) {
-        let protocol = request.headers()[UPGRADE].clone();
+    let connect = request.method() == hyper::Method::CONNECT;
+    if connect || request.headers().contains_key(UPGRADE) {
+        let protocol = request.headers().get(UPGRADE).cloned();
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
             if let Ok(upgraded) = upgrade.await {
@@ -148,14 +154,18 @@ async fn answer(
             }
         });
         let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        response.headers_mut().insert(UPGRADE, protocol);
-        response
-            .headers_mut()
-            .insert(CONNECTION, "upgrade".parse().expect("static header"));
+        if let (false, Some(protocol)) = (connect, protocol) {
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response.headers_mut().insert(UPGRADE, protocol);
+            response
+                .headers_mut()
+                .insert(CONNECTION, "upgrade".parse().expect("static header"));
+        }
         pod(&mut response);
         return Ok(response);
     }
+    let size = query_value(&request, "size").and_then(|v| v.parse::<usize>().ok());
+    let mut received_bytes = 0;
     let body = if request.uri().path().starts_with("/headers") {
         let mut text = String::from_utf8_lossy(&state.greeting).into_owned();
         for (key, value) in request.headers() {
@@ -168,16 +178,31 @@ async fn answer(
     } else {
         // Drain the request body so the connection can be reused.
         let received = request.into_body().collect().await;
-        if let (Some(bodies), Ok(received)) = (&state.bodies, received) {
-            bodies
-                .lock()
-                .expect("no test thread panics holding the lock")
-                .push(received.to_bytes());
+        if let Ok(received) = received {
+            let received = received.to_bytes();
+            received_bytes = received.len();
+            if let Some(bodies) = &state.bodies {
+                bodies
+                    .lock()
+                    .expect("no test thread panics holding the lock")
+                    .push(received);
+            }
         }
         state.greeting.clone()
     };
+    let body = match size.map(|n| n.min(MAX_SIZE)) {
+        Some(n) if n > body.len() => {
+            let mut padded = body.to_vec();
+            padded.resize(n, b'.');
+            Bytes::from(padded)
+        }
+        _ => body,
+    };
     let mut response = Response::new(Full::new(body));
     pod(&mut response);
+    response
+        .headers_mut()
+        .insert("x-received-bytes", received_bytes.into());
     Ok(response)
 }
 

@@ -258,3 +258,109 @@ pub fn nginx_sticky_ingress() -> Value {
     }
     ingress
 }
+
+/// A `kubernetes.io/tls` Secret holding `chain` and `key` (PEM), as cert-manager writes one.
+pub fn tls_secret(namespace: &str, name: &str, chain: &str, key: &str) -> Value {
+    use base64::Engine;
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta(namespace, name),
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": encode(chain), "tls.key": encode(key)}
+    })
+}
+
+/// Adds `spec.tls[]`: `hosts` served with the certificate in Secret `secret`.
+pub fn with_tls(mut ingress: Value, hosts: &[&str], secret: &str) -> Value {
+    let spec = &mut ingress["spec"];
+    if !spec["tls"].is_array() {
+        spec["tls"] = json!([]);
+    }
+    if let Some(entries) = spec["tls"].as_array_mut() {
+        entries.push(json!({"hosts": hosts, "secretName": secret}));
+    }
+    ingress
+}
+
+/// tether's controllerName.
+pub const TETHER_CONTROLLER: &str = "tether.dev/gateway-controller";
+
+/// A GatewayClass of `controller`.
+pub fn gateway_class(name: &str, controller: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": {"controllerName": controller}
+    })
+}
+
+/// A Gateway of class `class` with `listeners` (Gateway API listener objects).
+pub fn gateway(namespace: &str, name: &str, class: &str, listeners: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": meta(namespace, name),
+        "spec": {"gatewayClassName": class, "listeners": listeners}
+    })
+}
+
+/// An HTTP listener.
+pub fn http_listener(name: &str, port: u16, hostname: Option<&str>) -> Value {
+    let mut listener = json!({"name": name, "port": port, "protocol": "HTTP"});
+    if let Some(hostname) = hostname {
+        listener["hostname"] = json!(hostname);
+    }
+    listener
+}
+
+/// An HTTPS listener terminating TLS with the certificate in Secret `secret` (of `namespace`,
+/// or the Gateway's).
+pub fn https_listener(
+    name: &str,
+    port: u16,
+    hostname: Option<&str>,
+    secret: &str,
+    namespace: Option<&str>,
+) -> Value {
+    let mut reference = json!({"group": "", "kind": "Secret", "name": secret});
+    if let Some(namespace) = namespace {
+        reference["namespace"] = json!(namespace);
+    }
+    let mut listener = json!({
+        "name": name, "port": port, "protocol": "HTTPS",
+        "tls": {"mode": "Terminate", "certificateRefs": [reference]}
+    });
+    if let Some(hostname) = hostname {
+        listener["hostname"] = json!(hostname);
+    }
+    listener
+}
+
+/// Replaces a route's parentRefs.
+pub fn with_parents(mut route: Value, parents: Value) -> Value {
+    route["spec"]["parentRefs"] = parents;
+    route
+}
+
+/// A ReferenceGrant in `namespace` letting `from_kind`s of `from_namespace` refer to `to_kind`s
+/// (group "" for Secrets and Services).
+pub fn reference_grant(
+    namespace: &str,
+    name: &str,
+    from_kind: &str,
+    from_namespace: &str,
+    to_kind: &str,
+) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": meta(namespace, name),
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": from_kind, "namespace": from_namespace}],
+            "to": [{"group": "", "kind": to_kind}]
+        }
+    })
+}

@@ -12,68 +12,29 @@
 //! The admin endpoint binds without SO_REUSEPORT, so a picked port taken in the meantime fails
 //! loudly, and start-up is retried with another.
 use crate::http::Http;
+use crate::process::Proc;
 use anyhow::{bail, Context, Result};
 use hyper::StatusCode;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+// Where the tests have always found them.
+pub use crate::fs::{write_atomically, TempDir};
+pub use crate::net::free_port;
 
 /// How long a started process gets to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a reload gets to show in the metrics (the file is polled every 500 ms).
+/// How long a reload gets to show in the metrics (the file is polled every 100 ms and applied
+/// once it has stayed the same for 500 ms).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(25);
 /// Tries at starting when a picked port was taken in the meantime.
 const START_ATTEMPTS: usize = 3;
 /// What `$PROXY` stands for: any free port, chosen by the kernel.
 const PROXY_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-
-/// A directory removed when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Result<Self> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "tether-tests-{prefix}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A loopback port nobody listens on right now (bound, then released).
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Writes `text` to `path` atomically: a temporary file in the same directory, then a rename.
-pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text).with_context(|| format!("write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("rename to {}", path.display()))?;
-    Ok(())
-}
 
 /// How to start the process, beyond its configuration.
 #[derive(Debug, Clone, Default)]
@@ -86,14 +47,15 @@ pub struct Options {
     pub args: Vec<String>,
     /// More environment variables.
     pub env: Vec<(String, String)>,
+    /// Soft and hard `RLIMIT_NOFILE` for the process (tether raises soft to hard at start).
+    pub open_files: Option<u64>,
 }
 
 /// A running `tether run`.
 pub struct Tether {
-    child: Child,
+    process: Proc,
     dir: TempDir,
     config: PathBuf,
-    log: PathBuf,
     proxy: SocketAddr,
     admin: SocketAddr,
     http: Http,
@@ -127,12 +89,11 @@ impl Tether {
         let config = dir.path().join("tether.yaml");
         let log = dir.path().join("tether.log");
         write_atomically(&config, &render(yaml, PROXY_LISTEN, admin, dir.path()))?;
-        let child = spawn(binary, &config, &log, options)?;
+        let process = Proc::spawn("tether", command(binary, &config, options), log)?;
         let mut tether = Self {
-            child,
+            process,
             dir,
             config,
-            log,
             proxy: PROXY_LISTEN,
             admin,
             http: Http::new(),
@@ -186,7 +147,7 @@ impl Tether {
         let started = Instant::now();
         let url = format!("http://{}/readyz", self.admin);
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.process.exited() {
                 bail!("tether exited before it was ready: {status}");
             }
             // Our own log must show the admin endpoint up: an answer on a port taken by another
@@ -227,7 +188,7 @@ impl Tether {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// `http://PROXY` followed by `path`.
@@ -235,16 +196,22 @@ impl Tether {
         format!("http://{}{path}", self.proxy)
     }
 
+    /// The descriptors the process holds open now.
+    pub fn open_fds(&self) -> Result<usize> {
+        let dir = format!("/proc/{}/fd", self.process.pid());
+        Ok(std::fs::read_dir(&dir)
+            .with_context(|| format!("read {dir}"))?
+            .count())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.exited().is_none()
     }
 
     /// Everything it wrote to stderr (and stdout) so far.
     pub fn logs(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+        self.process.log()
     }
 
     /// The admin endpoint's `/metrics` text.
@@ -320,17 +287,11 @@ impl Tether {
     }
 
     pub fn signal(&self, signal: libc::c_int) -> Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id())?;
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
-        let result = unsafe { libc::kill(pid, signal) };
-        if result != 0 {
-            bail!("kill: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
+        self.process.signal(signal)
     }
 
     /// Waits (bounded) until the metric is above `before`.
-    async fn wait_for_metric(
+    pub async fn wait_for_metric(
         &self,
         name: &str,
         labels: &[(&str, &str)],
@@ -354,8 +315,7 @@ impl Tether {
 
 impl Drop for Tether {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         if std::thread::panicking() {
             eprintln!(
                 "---- tether logs ({}) ----\n{}",
@@ -383,9 +343,8 @@ fn render(yaml: &str, proxy: SocketAddr, admin: SocketAddr, dir: &Path) -> Strin
         .replace("$DIR", &dir.display().to_string())
 }
 
-fn spawn(binary: &str, config: &Path, log: &Path, options: &Options) -> Result<Child> {
-    let stderr = File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let stdout = stderr.try_clone()?;
+/// `binary run --config CONFIG ...` with a clean environment; [`Proc::spawn`] starts it.
+fn command(binary: &str, config: &Path, options: &Options) -> Command {
     let mut command = Command::new(binary);
     command.arg("run").arg("--config").arg(config);
     if let Some(workers) = options.workers {
@@ -407,13 +366,25 @@ fn spawn(binary: &str, config: &Path, log: &Path, options: &Options) -> Result<C
     command.envs(options.env.iter().map(|(k, v)| (k, v)));
     command
         .env_remove("TETHER_SESSION_KEY_FILE")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
+        .env("RUST_LOG", "info");
+    if let Some(limit) = options.open_files {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the closure only calls setrlimit, which is
+        // async-signal-safe, on a value it owns.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     command
-        .spawn()
-        .with_context(|| format!("cannot start {binary}"))
 }
 
 /// The value of `name` whose labels include `labels`, summed over matching series (0 if none).

@@ -13,6 +13,7 @@ pub struct Config {
     proxy: Vec<String>,
     session_cookie: Vec<String>,
     route: String,
+    route_options: Vec<String>,
     sticky: bool,
 }
 
@@ -24,6 +25,7 @@ impl Config {
             proxy: Vec::new(),
             session_cookie: Vec::new(),
             route: "pathPrefix: /".into(),
+            route_options: Vec::new(),
             sticky: true,
         }
     }
@@ -54,6 +56,12 @@ impl Config {
         self
     }
 
+    /// Adds a field to the route (like `allowConnect: true`).
+    pub fn route_option(mut self, line: &str) -> Self {
+        self.route_options.push(line.to_string());
+        self
+    }
+
     /// The same configuration over other targets.
     pub fn targets(&self, targets: &[(SocketAddr, u32)]) -> Self {
         Self {
@@ -73,6 +81,9 @@ impl Config {
             "routes:\n  - match: {{{}}}\n    service: echo",
             self.route
         );
+        for line in &self.route_options {
+            let _ = writeln!(yaml, "    {line}");
+        }
         yaml.push_str("services:\n  echo:\n");
         if self.sticky {
             let _ = writeln!(
