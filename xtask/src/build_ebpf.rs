@@ -12,7 +12,7 @@
 //! `cargo xtask` (stable) put there: `RUSTUP_TOOLCHAIN`, `CARGO`, `RUSTC`, the
 //! `CARGO_*` package variables, the library path it prepended, and the user's
 //! `RUSTFLAGS` (meant for host builds, not for BPF).
-use crate::util::{run_checked, workspace_root};
+use crate::util::workspace_root;
 use anyhow::{bail, ensure, Context, Result};
 use std::ffi::OsString;
 use std::fs;
@@ -20,6 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+use tether_testkit::process::run_checked;
 
 /// The bpf-linker release built from crates.io; it supports LLVM 21, 22 and 23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -82,16 +83,8 @@ pub fn run(options: &Options) -> Result<PathBuf> {
 
     let profile = if options.debug { "debug" } else { "release" };
     let step = Instant::now();
-    let mut build = nightly_command("cargo");
-    build
-        .arg(format!("+{toolchain}"))
-        .current_dir(root.join("ebpf"))
-        .args(["build", "-Z", "build-std=core", "--target", BPF_TARGET])
-        .arg("--manifest-path")
-        .arg(root.join("ebpf/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(root.join("target/ebpf"))
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
+    let mut build = ebpf_cargo(&root, toolchain, "build");
+    build.env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
     if !options.debug {
         build.arg("--release");
     }
@@ -113,6 +106,33 @@ pub fn run(options: &Options) -> Result<PathBuf> {
         object.display()
     );
     Ok(object)
+}
+
+/// Lints `ebpf/` as it is built, the way aya lints its eBPF crates: clippy from `toolchain` (its
+/// `rust-src` added when missing), `--target bpfel-unknown-none -Z build-std=core`, warnings
+/// denied. Clippy only checks, so it needs no bpf-linker.
+pub fn clippy(toolchain: &str) -> Result<()> {
+    let root = workspace_root();
+    let info = NightlyInfo::query(toolchain)?;
+    ensure_rust_src(toolchain, &info.sysroot)?;
+    let mut clippy = ebpf_cargo(&root, toolchain, "clippy");
+    clippy.args(["--", "-D", "warnings"]);
+    run_checked(&mut clippy).context("clippy on ebpf/ failed")
+}
+
+/// `cargo +TOOLCHAIN SUBCOMMAND` on `ebpf/` for `bpfel-unknown-none` with `-Z build-std=core`,
+/// into `target/ebpf/`.
+fn ebpf_cargo(root: &Path, toolchain: &str, subcommand: &str) -> Command {
+    let mut cargo = nightly_command("cargo");
+    cargo
+        .arg(format!("+{toolchain}"))
+        .current_dir(root.join("ebpf"))
+        .args([subcommand, "-Z", "build-std=core", "--target", BPF_TARGET])
+        .arg("--manifest-path")
+        .arg(root.join("ebpf/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(root.join("target/ebpf"));
+    cargo
 }
 
 /// What `rustc +nightly -vV` and `--print sysroot` say.
@@ -373,7 +393,7 @@ fn capture(command: &mut Command) -> Result<String> {
 
 /// A command whose environment is free of what the outer (stable) `cargo run`
 /// of xtask set, so that `+nightly` tools pick their own toolchain, compiler and flags.
-fn nightly_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(crate) fn nightly_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(program);
     for (key, _) in std::env::vars_os() {
         if let Some(key) = key.to_str() {

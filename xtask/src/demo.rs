@@ -1,7 +1,6 @@
 //! `cargo xtask demo`: the Kong "sticky sessions with drain support" how-to, replayed locally
 //! against three echo pods and a real tether, with readable output. It checks every step and
 //! exits non-zero if tether does not behave as the how-to says.
-use crate::harness::{free_ports, http_get, loopback, HttpResponse, Proc, TempDir};
 use crate::util::build_release_binaries;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
@@ -9,6 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tether_testkit::binaries::{start_echo, sticky_config, tether_command, weighted_target};
+use tether_testkit::fs::{write_atomically, TempDir};
+use tether_testkit::net::{config_generation, free_ports, http_get, loopback, HttpResponse};
+use tether_testkit::process::Proc;
 
 const COOKIE: &str = "session-id";
 
@@ -24,7 +27,7 @@ struct Pod {
 
 pub fn run(_options: &Options) -> Result<()> {
     let bin = build_release_binaries()?;
-    let scratch = TempDir::new("tether-demo")?;
+    let scratch = TempDir::new("demo")?;
     let ports = free_ports(5)?;
     let proxy = loopback(ports[0]);
     let admin = loopback(ports[1]);
@@ -38,19 +41,12 @@ pub fn run(_options: &Options) -> Result<()> {
         .collect();
     let mut backends = Vec::new();
     for pod in &pods {
-        let mut command = Command::new(bin.join("tether-echo"));
-        command.args(["--listen", &pod.address.to_string(), "--name", &pod.name]);
-        let log = scratch.path().join(format!("{}.log", pod.name));
-        let mut backend = Proc::spawn(&pod.name, command, log)?;
-        backend.wait_ready(pod.address, Duration::from_secs(10))?;
-        backends.push(backend);
+        backends.push(start_echo(&bin, scratch.path(), &pod.name, pod.address)?);
     }
     let config = scratch.path().join("tether.yaml");
     write_config(&config, proxy, admin, &pods)?;
-    let mut command = Command::new(bin.join("tether"));
+    let mut command = tether_command(Command::new(bin.join("tether")), &config);
     command
-        .args(["run", "--config"])
-        .arg(&config)
         .arg("--session-key")
         .arg(scratch.path().join("session.key"));
     let mut tether = Proc::spawn("tether", command, scratch.path().join("tether.log"))?;
@@ -159,24 +155,15 @@ fn step(title: &str) {
 }
 
 fn write_config(path: &Path, proxy: SocketAddr, admin: SocketAddr, pods: &[Pod]) -> Result<()> {
-    let targets: String = pods
+    let targets: Vec<String> = pods
         .iter()
         .filter(|p| p.present)
-        .map(|p| {
-            format!(
-                "      - {{address: {}, weight: {}}}   # {}\n",
-                p.address, p.weight, p.name
-            )
-        })
+        .map(|p| weighted_target(p.address, p.weight, &p.name))
         .collect();
-    let text = format!(
-        "proxy:\n  listen: {proxy}\nadmin:\n  listen: {admin}\nroutes:\n  - match: {{pathPrefix: /echo}}\n    service: echo\nservices:\n  echo:\n    policy:\n      algorithm: sticky-sessions\n      hashOn: {{input: none}}\n      stickySessions: {{cookie: {COOKIE}, cookiePath: /}}\n    targets:\n{targets}"
-    );
-    // Write then rename, so tether never reads half a file.
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text)?;
-    std::fs::rename(&partial, path)?;
-    Ok(())
+    write_atomically(
+        path,
+        &sticky_config(proxy, "", admin, "/echo", COOKIE, &targets),
+    )
 }
 
 /// Rewrites the configuration and waits until tether reports the new generation.
@@ -187,10 +174,10 @@ fn apply(
     pods: &[Pod],
     tether: &mut Proc,
 ) -> Result<()> {
-    let before = generation(admin)?;
+    let before = config_generation(admin)?;
     write_config(path, proxy, admin, pods)?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while generation(admin)? <= before {
+    while config_generation(admin)? <= before {
         tether.ensure_running()?;
         if Instant::now() > deadline {
             bail!(
@@ -201,16 +188,6 @@ fn apply(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-fn generation(admin: SocketAddr) -> Result<u64> {
-    let metrics = http_get(admin, "/metrics", &[])?;
-    metrics
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix("tether_config_generation "))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no tether_config_generation metric")
 }
 
 fn replay(proxy: SocketAddr, cookie: Option<&str>, times: usize) -> Result<Vec<String>> {

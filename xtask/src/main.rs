@@ -1,11 +1,14 @@
-//! Project tasks: `cargo xtask build-ebpf | demo | test | bench l7 | bench l4`.
+//! Project tasks: `cargo xtask build-ebpf | demo | test | fuzz | clippy | bench l7 | bench l4 |
+//! bench idle | soak`. The benches and the soak live in `bench/` (`tether-bench`): xtask builds
+//! them and what they measure, and runs them.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod build_ebpf;
+mod clippy;
 mod demo;
-mod harness;
+mod fuzz;
 mod test;
 mod util;
 
@@ -24,9 +27,15 @@ enum Command {
     Demo(demo::Options),
     /// Build the kernel programs, then run every test (unit, integration, privileged).
     Test(test::Options),
-    /// Benchmarks; each runs its peers side by side and prints ratios.
+    /// Run every fuzz target (fuzz/, cargo-fuzz on nightly) for a while; non-zero on a crash.
+    Fuzz(fuzz::Options),
+    /// Clippy with warnings denied: the workspace, then the kernel programs (nightly, BPF).
+    Clippy(clippy::Options),
+    /// Benchmarks (bench/, run in release); each runs its peers side by side and prints ratios.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Mixed traffic while targets churn; RSS/fds over time, errors by kind, lost sessions.
+    Soak(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -34,6 +43,9 @@ fn main() -> Result<()> {
         Command::BuildEbpf(options) => build_ebpf::run(&options).map(|_| ()),
         Command::Demo(options) => demo::run(&options),
         Command::Test(options) => test::run(&options),
-        Command::Bench(bench) => bench::run(bench),
+        Command::Fuzz(options) => fuzz::run(&options),
+        Command::Clippy(options) => clippy::run(&options),
+        Command::Bench(bench) => bench::bench(bench),
+        Command::Soak(args) => bench::soak(args),
     }
 }

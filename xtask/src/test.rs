@@ -2,9 +2,11 @@
 //! the toolchain), makes sure bpffs is mounted, then runs the workspace's tests with the kernel
 //! object's path exported, so the privileged tests load the object just built.
 use crate::build_ebpf;
-use crate::util::{run_checked, workspace_root};
+use crate::util::workspace_root;
 use anyhow::Result;
 use std::process::Command;
+use tether_testkit::netns::mount_bpffs_if_needed;
+use tether_testkit::process::run_checked;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -23,20 +25,4 @@ pub fn run(options: &Options) -> Result<()> {
             .args(["test", "--workspace"])
             .args(&options.cargo_args),
     )
-}
-
-/// Pinned maps live on bpffs; mount it where the kernel expects it, if we may and it is missing.
-pub fn mount_bpffs_if_needed() {
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .map(|mounts| {
-            mounts
-                .lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
-        })
-        .unwrap_or(false);
-    if !mounted {
-        let _ = Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status();
-    }
 }

@@ -1,7 +1,8 @@
 //! Small helpers shared by the xtask commands.
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 use std::process::Command;
+use tether_testkit::process::run_checked;
 
 /// The workspace root (the parent of xtask/).
 pub fn workspace_root() -> PathBuf {
@@ -11,28 +12,18 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Runs a command to completion, failing with its command line when it exits non-zero.
-pub fn run_checked(command: &mut Command) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed with {status}");
-    }
-    Ok(())
+/// `cargo build --release ARGS` in the workspace.
+pub fn cargo_release(args: &[&str]) -> Result<()> {
+    run_checked(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args(["build", "--release"])
+            .args(args),
+    )
 }
 
-/// Builds the userspace binaries in release mode and returns the target directory holding them.
+/// Builds tether and tether-echo in release mode and returns the directory holding them.
 pub fn build_release_binaries() -> Result<PathBuf> {
-    let root = workspace_root();
-    run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "tether",
-        "-p",
-        "tether-tests",
-        "--bins",
-    ]))?;
-    Ok(root.join("target/release"))
+    cargo_release(&["-p", "tether", "-p", "tether-testkit", "--bins"])?;
+    Ok(workspace_root().join("target/release"))
 }

@@ -16,33 +16,39 @@
 //!
 //! Root only. A fresh lab (namespaces, servers, system) per system and round; a guard deletes
 //! it on success, error and Ctrl-C.
-use crate::harness::{
-    cpu_list, have_program, nproc, parse_cpu_list, utc_now, wait_for_quiet, Machine, Snapshot,
-    Usage,
+use crate::built;
+use crate::cpu::{cpu_list, parse_cpu_list, Snapshot, Usage};
+use crate::machine::{command_text, have_program, nproc, utc_now, Machine};
+use crate::summary::{
+    self, disturbed_note, fail_unclean, failed_to_start, pct, percentile, round_order, save,
+    sorted_unique, wait_quiet, Rounds, QUIET_PCT,
 };
-use crate::{build_ebpf, util};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::io::Write;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tether_testkit::fs::TempDir;
+use tether_testkit::netns::mount_bpffs_if_needed;
+use tether_testkit::process::{indent, run_checked};
 
 mod chart;
 mod cost;
+mod interrupt;
 mod lab;
 mod load;
+mod report;
+mod topology;
 
+use interrupt::{check_interrupted, install_signal_handlers, sleep_checked};
 use lab::{Lab, Steering, TetherSetup};
-
-/// The throughput bar (tether over nftables, per node CPU).
-const TARGET_RATIO: f64 = 1.5;
-/// CPU (% of one CPU) that other processes may use before a sample counts as disturbed.
-const QUIET_PCT: f64 = 10.0;
+use report::{
+    cost_unit, fmt_throughput, print_results, ratios, summarize, target, Cell, CpuUse, Report,
+    Sample, Scenario, Settings, System,
+};
 /// TCP payload per full-size packet on a 1500-byte MTU with timestamps: for packets/s estimates.
 const MSS: f64 = 1448.0;
 
@@ -111,288 +117,13 @@ pub struct Options {
     /// (< 10% of a CPU, I/O stalls < 10% of the time); 0 to not wait.
     #[arg(long, default_value_t = 15)]
     quiet_wait: u64,
-    /// Use the kernel object and tether binary already built.
+    /// Use the kernel object and tether binary already built (`cargo xtask` then builds
+    /// tether-bench alone).
     #[arg(long)]
     skip_build: bool,
     /// Where to write l4-*.json and l4-latest.png (default: bench/results).
     #[arg(long)]
     out_dir: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum System {
-    Direct,
-    /// tether with its pod interfaces listed (`podDelivery: peer`, the default): steered
-    /// packets go up the node's stack as far as GRO, then into the pod's namespace
-    /// (`bpf_redirect_peer`); replies redirected out of the client-facing veth.
-    Tether,
-    /// tether with `podDelivery: redirect`: XDP_REDIRECT into the pods' veths.
-    TetherRedirect,
-    /// tether without pod interfaces: XDP_PASS, the node's stack forwards both ways.
-    TetherStack,
-    Nftables,
-}
-
-impl System {
-    pub fn name(self) -> &'static str {
-        match self {
-            System::Direct => "direct",
-            System::Tether => "tether",
-            System::TetherRedirect => "tether-redirect",
-            System::TetherStack => "tether-stack",
-            System::Nftables => "nftables",
-        }
-    }
-
-    fn is_tether(self) -> bool {
-        matches!(
-            self,
-            System::Tether | System::TetherRedirect | System::TetherStack
-        )
-    }
-
-    fn steering(self) -> Steering {
-        match self {
-            System::Direct => Steering::Direct,
-            System::Tether | System::TetherRedirect | System::TetherStack => Steering::Tether,
-            System::Nftables => Steering::Nftables,
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    Bulk,
-    ConnRate,
-    Udp,
-}
-
-impl Scenario {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Bulk => "bulk",
-            Scenario::ConnRate => "conn-rate",
-            Scenario::Udp => "udp",
-        }
-    }
-
-    /// The throughput unit.
-    pub fn unit(self) -> &'static str {
-        match self {
-            Scenario::Bulk => "Gbit/s",
-            Scenario::ConnRate => "conn/s",
-            Scenario::Udp => "Mpkt/s",
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Report
-
-#[derive(Serialize)]
-pub struct Report {
-    pub bench: &'static str,
-    pub timestamp: String,
-    pub machine: Machine,
-    pub tools: BTreeMap<String, String>,
-    pub settings: Settings,
-    pub cost: Option<cost::CostReport>,
-    pub cost_error: Option<String>,
-    pub cells: Vec<Cell>,
-    pub ratios: Vec<Ratio>,
-    pub target: Target,
-    pub notes: Vec<String>,
-}
-
-#[derive(Serialize)]
-pub struct Settings {
-    pub duration_s: u64,
-    pub warmup_s: u64,
-    pub rounds: u32,
-    pub streams: usize,
-    pub concurrency: usize,
-    pub xdp_mode: String,
-    pub checksums: lab::Checksums,
-    pub ingress: lab::Ingress,
-    pub pod_receive: lab::PodReceive,
-    pub node_cpus: String,
-    pub load_cpus: String,
-    pub topology: String,
-    pub systems: BTreeMap<String, String>,
-    pub scenarios: BTreeMap<String, String>,
-    pub node_cost: String,
-    pub tether_binary: Option<String>,
-}
-
-/// One system under one scenario; medians over rounds.
-#[derive(Serialize)]
-pub struct Cell {
-    pub system: System,
-    pub scenario: Scenario,
-    pub ok: bool,
-    /// Every round of this cell ran while the machine was busy.
-    pub disturbed: bool,
-    pub samples_used: usize,
-    pub error: Option<String>,
-    pub notes: Vec<String>,
-    /// Gbit/s (bulk) or connections/s (conn-rate).
-    pub throughput: Option<f64>,
-    pub throughput_min: Option<f64>,
-    pub throughput_max: Option<f64>,
-    /// The node's NAPI kthreads' CPU time, % of one CPU.
-    pub node_cpu_pct: Option<f64>,
-    /// Throughput per node CPU: `throughput / (node_cpu_pct / 100)` (median of the rounds').
-    pub per_node_cpu: Option<f64>,
-    pub per_node_cpu_min: Option<f64>,
-    pub per_node_cpu_max: Option<f64>,
-    /// Throughput per CPU of the whole path (node, client, pods, wire); see [`Sample`].
-    pub per_path_cpu: Option<f64>,
-    /// Node CPU per unit: ns per packet received from the client (bulk) or µs per connection.
-    pub node_cost: Option<f64>,
-    pub node_cost_unit: &'static str,
-    pub latency_p50_us: Option<f64>,
-    pub latency_p99_us: Option<f64>,
-    pub cpu: CpuUse,
-    pub samples: Vec<Sample>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct CpuUse {
-    /// The node's NAPI kthreads, % of one CPU (the node's cost).
-    pub node_threads_pct: Option<f64>,
-    /// Busy share (0–100 %) of the node CPU(s) (includes other processes placed there).
-    pub node_cpu_busy_pct: Option<f64>,
-    /// Busy share of the load CPU(s): ~100 % means the load side was the limit.
-    pub load_cpu_busy_pct: Option<f64>,
-    /// Processes outside this bench and the node's kthreads, % of one CPU.
-    pub other_pct: Option<f64>,
-    /// Share of wall time some task stalled on I/O (PSI): other users of the machine.
-    pub io_pressure_pct: Option<f64>,
-    pub steal_pct: Option<f64>,
-}
-
-impl CpuUse {
-    fn disturbed(&self) -> bool {
-        self.other_pct.is_some_and(|v| v >= QUIET_PCT)
-            || self.io_pressure_pct.is_some_and(|v| v >= QUIET_PCT)
-    }
-}
-
-#[derive(Serialize)]
-pub struct Sample {
-    pub round: u32,
-    pub seconds: f64,
-    pub throughput: f64,
-    /// Bytes received by the pods' sinks (bulk), connections completed (conn-rate).
-    pub units: u64,
-    pub errors: u64,
-    /// conn-rate: errors by kind.
-    pub error_kinds: BTreeMap<String, u64>,
-    pub node_cpu_pct: f64,
-    pub per_node_cpu: Option<f64>,
-    /// Throughput per CPU of the whole path: the node's kthreads plus the load CPU(s) (client,
-    /// pods, wire). Work a system moves from the node to the pods shows here.
-    pub per_path_cpu: Option<f64>,
-    pub node_cost: Option<f64>,
-    pub latency_p50_us: Option<f64>,
-    pub latency_p99_us: Option<f64>,
-    /// Connections answered per pod (conn-rate).
-    pub pods: Vec<u64>,
-    /// Backlog drops (/proc/net/softnet_stat) during the measurement.
-    pub softnet_drops: u64,
-    /// Packets the senders' veths dropped because the receiving ring was full, by sender.
-    pub sender_drops: BTreeMap<String, u64>,
-    /// Packets the node's client-facing veth received (bulk: the node cost's denominator).
-    pub node_rx_packets: u64,
-    /// nftables: conntrack entries in the node after the cell.
-    pub conntrack_entries: Option<u64>,
-    /// tether: packets its XDP program steered during the cell (warmup included).
-    pub xdp_steered_packets: Option<u64>,
-    pub cpu: CpuUse,
-}
-
-impl Sample {
-    fn disturbed(&self) -> bool {
-        self.cpu.disturbed()
-    }
-}
-
-#[derive(Serialize)]
-pub struct Ratio {
-    pub scenario: Scenario,
-    pub numerator: System,
-    pub denominator: System,
-    pub throughput: Option<f64>,
-    pub per_node_cpu: Option<f64>,
-    pub per_path_cpu: Option<f64>,
-}
-
-#[derive(Serialize)]
-pub struct Target {
-    pub rule: String,
-    pub pass: bool,
-    pub scenarios: Vec<TargetLine>,
-    pub cost_rule: Option<String>,
-    pub cost_pass: Option<bool>,
-    pub cost_reason: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct TargetLine {
-    pub scenario: Scenario,
-    pub pass: bool,
-    pub per_node_cpu_ratio: Option<f64>,
-    pub throughput_ratio: Option<f64>,
-    /// Throughput per CPU of the whole path (node, client, pods), tether over nftables.
-    pub per_path_cpu_ratio: Option<f64>,
-    pub reason: String,
-    /// Node cost above direct's (the NAT's own cost, in the node cost's unit): tether, nftables.
-    pub tether_over_direct: Option<f64>,
-    pub nftables_over_direct: Option<f64>,
-    /// Set when direct (no NAT at all) is not 1.5x nftables per node CPU: then no NAT that keeps
-    /// the kernel's forwarding path (XDP_PASS) can reach the target here.
-    pub ceiling: Option<String>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Interruption
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM/SIGHUP set a flag instead of killing the process, so the labs' guards run.
-fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-/// Sleeps `duration` in short steps, failing at once when interrupted.
-fn sleep_checked(duration: Duration) -> Result<()> {
-    let deadline = Instant::now() + duration;
-    loop {
-        check_interrupted()?;
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(());
-        }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,7 +165,7 @@ fn ensure_programs(programs: &[(&str, &str)]) -> Result<()> {
     println!("installing {} (apt-get)", missing.join(", "));
     let install = |update: bool| -> Result<bool> {
         if update {
-            util::run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+            run_checked(Command::new("apt-get").args(["update", "-q"]))?;
         }
         Ok(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -450,44 +181,23 @@ fn ensure_programs(programs: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// The kernel object and the tether binary; a tether that does not build is reported, and the
-/// binary already there used if there is one.
-fn build(options: &Options, root: &Path) -> Result<(PathBuf, PathBuf, Option<String>)> {
-    let binary = root.join("target/release/tether");
-    let object = if options.skip_build {
-        build_ebpf::object_path(root, "release")
-    } else {
-        build_ebpf::run(&build_ebpf::Options::default())?
-    };
+/// The kernel object and the tether binary, and a note when tether's release build failed and
+/// the binary built earlier is used.
+fn built_parts(root: &Path) -> Result<(PathBuf, PathBuf, Option<String>)> {
+    let binary = built::bin_dir().join("tether");
+    let object = built::kernel_object(root);
     if !object.is_file() {
         bail!(
             "no kernel object at {}; run `cargo xtask build-ebpf`",
             object.display()
         );
     }
-    let mut note = None;
-    if !options.skip_build && !options.cost_only {
-        let built = util::run_checked(Command::new(env!("CARGO")).current_dir(root).args([
-            "build",
-            "--release",
-            "-p",
-            "tether",
-            "--bin",
-            "tether",
-        ]));
-        if let Err(error) = built {
-            if binary.is_file() {
-                let text = format!(
-                    "the release build of tether failed ({error:#}); using the binary already in \
-                     target/release (built earlier)"
-                );
-                eprintln!("warning: {text}");
-                note = Some(text);
-            } else {
-                return Err(error.context("building tether"));
-            }
-        }
-    }
+    let note = built::build_failure().map(|error| {
+        format!(
+            "the release build of tether failed ({error}); using the binary already in \
+             target/release (built earlier)"
+        )
+    });
     Ok((object, binary, note))
 }
 
@@ -527,13 +237,6 @@ struct Ctx<'a> {
     scenarios: Vec<Scenario>,
 }
 
-#[derive(Default)]
-struct Acc {
-    samples: Vec<Sample>,
-    errors: Vec<String>,
-    notes: BTreeSet<String>,
-}
-
 pub fn run(options: &Options) -> Result<()> {
     require_root()?;
     if options.duration == 0
@@ -545,20 +248,13 @@ pub fn run(options: &Options) -> Result<()> {
     }
     install_signal_handlers();
     ensure_programs(&[("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")])?;
-    crate::test::mount_bpffs_if_needed();
+    mount_bpffs_if_needed();
 
-    let mut systems = options.systems.clone();
-    systems.sort();
-    systems.dedup();
-    let mut scenarios = options.scenarios.clone();
-    scenarios.sort();
-    scenarios.dedup();
-    let root = util::workspace_root();
-    let out_dir = options
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| root.join("bench/results"));
-    let (object, binary, build_note) = build(options, &root)?;
+    let systems = sorted_unique(&options.systems);
+    let scenarios = sorted_unique(&options.scenarios);
+    let root = built::workspace_root();
+    let out_dir = summary::out_dir(options.out_dir.as_ref(), &root);
+    let (object, binary, build_note) = built_parts(&root)?;
     let (node_cpus, load_cpus) = pinning(options)?;
     for stale in lab::remove_stale(binary.is_file().then_some(binary.as_path())) {
         println!("removed {stale} (left by an earlier run that was killed)");
@@ -566,7 +262,7 @@ pub fn run(options: &Options) -> Result<()> {
     let machine = Machine::probe(&root);
     let tools = tools();
     let (timestamp, stamp) = utc_now();
-    let temp = crate::harness::TempDir::new("tether-bench-l4")?;
+    let temp = TempDir::new("bench-l4")?;
     let ctx = Ctx {
         options,
         dir: temp.path().to_path_buf(),
@@ -631,7 +327,7 @@ pub fn run(options: &Options) -> Result<()> {
     check_interrupted()?;
 
     // Part 2: throughput.
-    let mut acc: BTreeMap<(System, Scenario), Acc> = BTreeMap::new();
+    let mut acc: BTreeMap<(System, Scenario), Rounds<Sample>> = BTreeMap::new();
     if !options.cost_only {
         println!();
         println!(
@@ -639,13 +335,10 @@ pub fn run(options: &Options) -> Result<()> {
             options.duration, options.warmup
         );
         for round in 1..=options.rounds {
-            let mut order = systems.clone();
-            let shift = (round as usize - 1) % order.len();
-            order.rotate_left(shift);
             if options.rounds > 1 {
                 println!("round {round}/{}", options.rounds);
             }
-            for &system in &order {
+            for system in round_order(&systems, round) {
                 run_system(&ctx, system, round, &mut acc)?;
             }
         }
@@ -676,21 +369,7 @@ pub fn run(options: &Options) -> Result<()> {
         notes,
     };
     print_results(&report);
-
-    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let json = serde_json::to_string_pretty(&report)? + "\n";
-    let stamped = out_dir.join(format!("l4-{stamp}.json"));
-    let latest = out_dir.join("l4-latest.json");
-    fs::write(&stamped, &json).with_context(|| format!("cannot write {}", stamped.display()))?;
-    fs::write(&latest, &json).with_context(|| format!("cannot write {}", latest.display()))?;
-    let png = out_dir.join("l4-latest.png");
-    chart::draw(&report, &png).context("cannot draw the chart")?;
-    println!(
-        "\nsaved {}, {} and {}",
-        shown(&stamped, &root),
-        shown(&latest, &root),
-        shown(&png, &root)
-    );
+    save(&out_dir, &root, "l4", &stamp, &report, chart::draw)?;
 
     let mut failed: Vec<String> = report
         .cells
@@ -701,20 +380,13 @@ pub fn run(options: &Options) -> Result<()> {
     if report.cost_error.is_some() {
         failed.push("per-packet cost".into());
     }
-    if !failed.is_empty() {
-        bail!(
-            "{} part(s) did not produce a clean result: {}",
-            failed.len(),
-            failed.join(", ")
-        );
-    }
-    Ok(())
+    fail_unclean(&failed, "part(s)")
 }
 
 fn tools() -> BTreeMap<String, String> {
     let mut tools = BTreeMap::new();
     let first = |program: &str, args: &[&str]| {
-        crate::harness::command_text(Command::new(program).args(args)).and_then(|t| {
+        command_text(Command::new(program).args(args)).and_then(|t| {
             t.lines()
                 .map(str::trim)
                 .find(|l| !l.is_empty())
@@ -736,24 +408,19 @@ fn run_system(
     ctx: &Ctx,
     system: System,
     round: u32,
-    acc: &mut BTreeMap<(System, Scenario), Acc>,
+    acc: &mut BTreeMap<(System, Scenario), Rounds<Sample>>,
 ) -> Result<()> {
     let mut lab = match prepare(ctx, system) {
         Ok(lab) => lab,
         Err(error) => {
             check_interrupted()?;
-            let message = format!("{} failed to start: {error:#}", system.name());
             println!(
                 "  {:<9} FAILED TO START\n{}",
                 system.name(),
-                crate::harness::indent(&format!("{error:#}"))
+                indent(&format!("{error:#}"))
             );
-            for &scenario in &ctx.scenarios {
-                acc.entry((system, scenario))
-                    .or_default()
-                    .errors
-                    .push(message.clone());
-            }
+            let message = format!("{} failed to start: {error:#}", system.name());
+            failed_to_start(acc, system, &ctx.scenarios, &message);
             return Ok(());
         }
     };
@@ -793,7 +460,7 @@ fn run_system(
             }
             Err(error) => {
                 check_interrupted()?;
-                println!("FAILED\n{}", crate::harness::indent(&format!("{error:#}")));
+                println!("FAILED\n{}", indent(&format!("{error:#}")));
                 entry.errors.push(format!("{error:#}"));
             }
         }
@@ -1027,25 +694,17 @@ fn measure(
         steal_pct: usage.proxy_cpu_steal_pct,
     };
     if cpu.disturbed() {
-        notes.insert(format!(
-            "{}/{} round {round}: other processes used {} of a CPU and stalled on I/O {} of the \
-             time during the measurement",
-            system.name(),
-            scenario.name(),
-            pct(cpu.other_pct),
-            pct(cpu.io_pressure_pct)
+        notes.insert(disturbed_note(
+            &format!("{}/{}", system.name(), scenario.name()),
+            round,
+            cpu.other_pct,
+            cpu.io_pressure_pct,
         ));
     }
-    let (latency_p50_us, latency_p99_us) = if latencies.is_empty() {
-        (None, None)
-    } else {
-        latencies.sort_unstable();
-        let at = |q: f64| {
-            let i = ((latencies.len() - 1) as f64 * q).round() as usize;
-            f64::from(latencies[i])
-        };
-        (Some(at(0.5)), Some(at(0.99)))
-    };
+    latencies.sort_unstable();
+    let latencies: Vec<f64> = latencies.into_iter().map(f64::from).collect();
+    let (latency_p50_us, latency_p99_us) =
+        (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     let pods: Vec<u64> = after
         .served
         .iter()
@@ -1125,18 +784,7 @@ fn measure(
 
 /// Waits (at most `seconds`) for other processes to go quiet, and says so when it waited.
 fn quiet(seconds: u64) -> Result<()> {
-    if seconds > 0 {
-        let (usage, waited) = wait_for_quiet(Duration::from_secs(seconds), QUIET_PCT);
-        if waited >= Duration::from_secs(2) {
-            print!(
-                "(waited {:.0} s for other processes: cpu {}, io {}) ",
-                waited.as_secs_f64(),
-                pct(usage.foreign_pct),
-                pct(usage.io_pressure_pct)
-            );
-            let _ = std::io::stdout().flush();
-        }
-    }
+    wait_quiet(seconds);
     check_interrupted()
 }
 
@@ -1144,228 +792,6 @@ fn quiet(seconds: u64) -> Result<()> {
 fn xdp_packets(lab: &Lab) -> Result<u64> {
     let stats = lab.tether_stats()?;
     Ok(stats["traffic"]["packets"].as_u64().unwrap_or(0))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Summaries
-
-fn median(values: Vec<f64>) -> Option<f64> {
-    cost::median(values)
-}
-
-fn summarize(system: System, scenario: Scenario, acc: Acc) -> Cell {
-    let samples = acc.samples;
-    let quiet: Vec<&Sample> = samples.iter().filter(|s| !s.disturbed()).collect();
-    let disturbed = quiet.is_empty() && !samples.is_empty();
-    let used: Vec<&Sample> = if disturbed {
-        samples.iter().collect()
-    } else {
-        quiet
-    };
-    let med =
-        |f: &dyn Fn(&Sample) -> Option<f64>| median(used.iter().filter_map(|s| f(s)).collect());
-    let mut problems = acc.errors;
-    let errors: u64 = samples.iter().map(|s| s.errors).sum();
-    let units: u64 = samples.iter().map(|s| s.units).sum();
-    // A handful of connection errors in millions is noise (a SYN lost to a full ring);
-    // more than 0.1% is a system that does not work under load.
-    if errors > 0 && (errors as f64) > 0.001 * units as f64 {
-        problems.push(format!(
-            "{errors} load errors in {} round(s)",
-            samples.len()
-        ));
-    }
-    if samples.is_empty() && problems.is_empty() {
-        problems.push("not measured".into());
-    }
-    problems.dedup();
-    let mut notes = acc.notes;
-    if errors > 0 && problems.is_empty() {
-        notes.insert(format!(
-            "{}/{}: {errors} load errors (under 0.1%)",
-            system.name(),
-            scenario.name()
-        ));
-    }
-    let min_max = |f: &dyn Fn(&Sample) -> Option<f64>| {
-        let values: Vec<f64> = used.iter().filter_map(|s| f(s)).collect();
-        (
-            values.iter().copied().reduce(f64::min),
-            values.iter().copied().reduce(f64::max),
-        )
-    };
-    let (throughput_min, throughput_max) = min_max(&|s| Some(s.throughput));
-    let (per_min, per_max) = min_max(&|s| s.per_node_cpu);
-    Cell {
-        system,
-        scenario,
-        ok: problems.is_empty(),
-        disturbed,
-        samples_used: used.len(),
-        error: (!problems.is_empty()).then(|| problems.join("; ")),
-        notes: notes.into_iter().collect(),
-        throughput: med(&|s| Some(s.throughput)),
-        throughput_min,
-        throughput_max,
-        node_cpu_pct: med(&|s| Some(s.node_cpu_pct)),
-        per_node_cpu: med(&|s| s.per_node_cpu),
-        per_node_cpu_min: per_min,
-        per_node_cpu_max: per_max,
-        per_path_cpu: med(&|s| s.per_path_cpu),
-        node_cost: med(&|s| s.node_cost),
-        node_cost_unit: cost_unit(scenario),
-        latency_p50_us: med(&|s| s.latency_p50_us),
-        latency_p99_us: med(&|s| s.latency_p99_us),
-        cpu: CpuUse {
-            node_threads_pct: med(&|s| s.cpu.node_threads_pct),
-            node_cpu_busy_pct: med(&|s| s.cpu.node_cpu_busy_pct),
-            load_cpu_busy_pct: med(&|s| s.cpu.load_cpu_busy_pct),
-            other_pct: med(&|s| s.cpu.other_pct),
-            io_pressure_pct: med(&|s| s.cpu.io_pressure_pct),
-            steal_pct: med(&|s| s.cpu.steal_pct),
-        },
-        samples,
-    }
-}
-
-fn cell(cells: &[Cell], system: System, scenario: Scenario) -> Option<&Cell> {
-    cells
-        .iter()
-        .find(|c| c.system == system && c.scenario == scenario)
-}
-
-fn ratios(cells: &[Cell], scenarios: &[Scenario]) -> Vec<Ratio> {
-    const PAIRS: [(System, System); 7] = [
-        (System::Tether, System::Nftables),
-        (System::Tether, System::Direct),
-        (System::TetherRedirect, System::Nftables),
-        (System::TetherStack, System::Nftables),
-        (System::Tether, System::TetherRedirect),
-        (System::Tether, System::TetherStack),
-        (System::Nftables, System::Direct),
-    ];
-    let mut out = Vec::new();
-    for &scenario in scenarios {
-        for (numerator, denominator) in PAIRS {
-            let (Some(a), Some(b)) = (
-                cell(cells, numerator, scenario),
-                cell(cells, denominator, scenario),
-            ) else {
-                continue;
-            };
-            let clean = a.ok && b.ok;
-            let div = |x: Option<f64>, y: Option<f64>| match (x, y) {
-                (Some(x), Some(y)) if clean && y > 0.0 => Some(x / y),
-                _ => None,
-            };
-            out.push(Ratio {
-                scenario,
-                numerator,
-                denominator,
-                throughput: div(a.throughput, b.throughput),
-                per_node_cpu: div(a.per_node_cpu, b.per_node_cpu),
-                per_path_cpu: div(a.per_path_cpu, b.per_path_cpu),
-            });
-        }
-    }
-    out
-}
-
-fn target(cells: &[Cell], scenarios: &[Scenario], cost: Option<&cost::CostReport>) -> Target {
-    let rule = format!(
-        "tether >= {TARGET_RATIO}x nftables DNAT's throughput at the same node CPU \
-         (throughput per node CPU), per scenario"
-    );
-    let lines: Vec<TargetLine> = if cells.is_empty() {
-        Vec::new()
-    } else {
-        scenarios
-            .iter()
-            .map(|&scenario| {
-                let t = cell(cells, System::Tether, scenario);
-                let n = cell(cells, System::Nftables, scenario);
-                let mut line = TargetLine {
-                    scenario,
-                    pass: false,
-                    per_node_cpu_ratio: None,
-                    throughput_ratio: None,
-                    per_path_cpu_ratio: None,
-                    reason: String::new(),
-                    tether_over_direct: None,
-                    nftables_over_direct: None,
-                    ceiling: None,
-                };
-                let direct = cell(cells, System::Direct, scenario).filter(|c| c.ok);
-                match (t, n) {
-                    (None, _) | (_, None) => line.reason = "tether or nftables was not run".into(),
-                    (Some(t), _) if !t.ok => {
-                        line.reason = format!("tether: {}", t.error.as_deref().unwrap_or("failed"));
-                    }
-                    (_, Some(n)) if !n.ok => {
-                        line.reason =
-                            format!("nftables: {}", n.error.as_deref().unwrap_or("failed"));
-                    }
-                    (Some(t), Some(n)) => {
-                        if let (Some(tp), Some(np), Some(tt), Some(nt)) =
-                            (t.per_node_cpu, n.per_node_cpu, t.throughput, n.throughput)
-                        {
-                            let ratio = tp / np;
-                            line.per_node_cpu_ratio = Some(ratio);
-                            line.throughput_ratio = Some(tt / nt);
-                            line.per_path_cpu_ratio =
-                                t.per_path_cpu.zip(n.per_path_cpu).map(|(t, n)| t / n);
-                            line.pass = ratio >= TARGET_RATIO;
-                            line.reason = format!(
-                                "{ratio:.2}x per node CPU ({} vs {} {} per node CPU; node cost {} \
-                                 vs {} {}); raw throughput {:.2}x; per CPU of the whole path \
-                                 (node, client, pods) {}{}",
-                                fmt_throughput(scenario, tp),
-                                fmt_throughput(scenario, np),
-                                scenario.unit(),
-                                t.node_cost.map_or("-".into(), |v| format!("{v:.0}")),
-                                n.node_cost.map_or("-".into(), |v| format!("{v:.0}")),
-                                cost_unit(scenario),
-                                tt / nt,
-                                line.per_path_cpu_ratio
-                                    .map_or("n/a".into(), |r| format!("{r:.2}x")),
-                                if t.disturbed || n.disturbed {
-                                    " [machine was busy: rerun on an idle machine]"
-                                } else {
-                                    ""
-                                }
-                            );
-                            let direct_cost = direct.and_then(|d| d.node_cost);
-                            if let (Some(d), Some(tc), Some(nc)) =
-                                (direct_cost, t.node_cost, n.node_cost)
-                            {
-                                line.tether_over_direct = Some(tc - d);
-                                line.nftables_over_direct = Some(nc - d);
-                            }
-                            if let Some(dp) = direct.and_then(|d| d.per_node_cpu) {
-                                if dp / np < TARGET_RATIO {
-                                    line.ceiling = Some(format!(
-                                        "direct, with no NAT at all, is {:.2}x nftables per node \
-                                         CPU: a NAT that keeps the kernel's forwarding path \
-                                         (XDP_PASS) cannot reach {TARGET_RATIO}x here",
-                                        dp / np
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                }
-                line
-            })
-            .collect()
-    };
-    Target {
-        rule,
-        pass: !lines.is_empty() && lines.iter().all(|l| l.pass),
-        scenarios: lines,
-        cost_rule: cost.map(|c| c.target.rule.clone()),
-        cost_pass: cost.map(|c| c.target.pass),
-        cost_reason: cost.map(|c| c.target.reason.clone()),
-    }
 }
 
 fn settings(ctx: &Ctx) -> Settings {
@@ -1417,8 +843,8 @@ fn settings(ctx: &Ctx) -> Settings {
                      reverse NAT on its egress; services VIP:{} -> 3 pods (Maglev), VIP:{} -> \
                      pod 0",
                     o.xdp_mode,
-                    lab::RR_PORT,
-                    lab::BULK_PORT
+                    topology::RR_PORT,
+                    topology::BULK_PORT
                 ),
             ),
             (
@@ -1437,7 +863,7 @@ fn settings(ctx: &Ctx) -> Settings {
                     "{} TCP streams writing 256 KiB buffers to VIP:{} (pod 0's sink); Gbit/s of \
                      payload received",
                     o.streams,
-                    lab::BULK_PORT
+                    topology::BULK_PORT
                 ),
             ),
             (
@@ -1446,7 +872,7 @@ fn settings(ctx: &Ctx) -> Settings {
                     "{} connections in flight to VIP:{} (3 pods): connect, 64-byte request, \
                      128-byte answer, pod closes, client closes; connections/s",
                     o.concurrency,
-                    lab::RR_PORT
+                    topology::RR_PORT
                 ),
             ),
         ]),
@@ -1465,28 +891,12 @@ fn settings(ctx: &Ctx) -> Settings {
 fn print_header(ctx: &Ctx, machine: &Machine, tools: &BTreeMap<String, String>) {
     let unknown = || "?".to_string();
     let o = ctx.options;
-    println!("== cargo xtask bench l4 ==");
-    println!(
-        "machine: {} CPU(s), {}, kernel {}, {}",
-        machine.nproc,
-        machine.cpu_model.clone().unwrap_or_else(unknown),
-        machine.kernel.clone().unwrap_or_else(unknown),
-        machine.os.clone().unwrap_or_else(unknown)
-    );
-    println!(
-        "tools: {} | {}",
+    let tools = format!(
+        "{} | {}",
         tools.get("nft").cloned().unwrap_or_else(unknown),
         tools.get("iproute2").cloned().unwrap_or_else(unknown)
     );
-    println!(
-        "commit: {}{}",
-        machine.git_commit.clone().unwrap_or_else(unknown),
-        if machine.git_dirty == Some(true) {
-            " (dirty)"
-        } else {
-            ""
-        }
-    );
+    summary::print_header("l4", machine, &tools);
     println!("kernel object: {}", ctx.object.display());
     println!(
         "pinning: node packet processing (NAPI kthreads) -> CPU {}; client, pods and their \
@@ -1537,193 +947,4 @@ fn print_cost(report: &cost::CostReport) {
         if report.target.pass { "PASS" } else { "MISS" },
         report.target.reason
     );
-}
-
-fn print_results(report: &Report) {
-    if !report.cells.is_empty() {
-        println!();
-        println!(
-            "{:<10} {:<9} {:>10} {:>19} {:>9} {:>13} {:>12} {:>10} {:>9} {:>9} {:>9}  status",
-            "scenario",
-            "system",
-            "throughput",
-            "(min-max)",
-            "node cpu",
-            "per node CPU",
-            "node cost",
-            "p99",
-            "vs direct",
-            "load cpu",
-            "other cpu"
-        );
-        for c in &report.cells {
-            let s = c.scenario;
-            let vs_direct = report
-                .ratios
-                .iter()
-                .find(|r| {
-                    r.scenario == s && r.numerator == c.system && r.denominator == System::Direct
-                })
-                .and_then(|r| r.throughput)
-                .map(|r| format!("{r:.2}x"))
-                .unwrap_or_else(|| {
-                    if c.system == System::Direct {
-                        "1.00x".into()
-                    } else {
-                        "-".into()
-                    }
-                });
-            let status = if c.ok && c.disturbed {
-                "ok, but DISTURBED (machine busy)".to_string()
-            } else if c.ok {
-                "ok".to_string()
-            } else {
-                format!(
-                    "ERROR: {}",
-                    first_line(c.error.as_deref().unwrap_or("failed"))
-                )
-            };
-            println!(
-                "{:<10} {:<9} {:>10} {:>19} {:>9} {:>13} {:>12} {:>10} {:>9} {:>9} {:>9}  {status}",
-                s.name(),
-                c.system.name(),
-                c.throughput
-                    .map(|v| format!("{} {}", fmt_throughput(s, v), short_unit(s)))
-                    .unwrap_or_else(|| "-".into()),
-                match (c.throughput_min, c.throughput_max) {
-                    (Some(lo), Some(hi)) if c.samples_used > 1 => {
-                        format!("({}-{})", fmt_throughput(s, lo), fmt_throughput(s, hi))
-                    }
-                    _ => String::new(),
-                },
-                pct(c.node_cpu_pct),
-                c.per_node_cpu.map_or("-".into(), |v| fmt_throughput(s, v)),
-                c.node_cost
-                    .map_or("-".into(), |v| format!("{v:.0} {}", cost_unit(s))),
-                c.latency_p99_us
-                    .map_or("-".into(), |v| format!("{:.2}ms", v / 1e3)),
-                vs_direct,
-                pct(c.cpu.load_cpu_busy_pct),
-                pct(c.cpu.other_pct),
-            );
-        }
-        println!(
-            "(medians over the rounds used: the undisturbed ones when there are any; min-max: \
-             their spread)"
-        );
-        println!(
-            "(node cpu: the node's NAPI kthreads, % of one CPU; per node CPU: throughput / node \
-             cpu; node cost: node CPU time per packet received from the client (bulk) or per connection; load \
-             cpu: busy share of the client+pods CPU(s); other cpu: processes outside the bench, \
-             % of one CPU, should be ~0)"
-        );
-        println!();
-        for r in report
-            .ratios
-            .iter()
-            .filter(|r| r.denominator != System::Direct)
-        {
-            println!(
-                "{:<10} {}/{}: throughput {}, per node CPU {}, per whole-path CPU {}",
-                r.scenario.name(),
-                r.numerator.name(),
-                r.denominator.name(),
-                r.throughput.map_or("n/a".into(), |v| format!("{v:.2}x")),
-                r.per_node_cpu.map_or("n/a".into(), |v| format!("{v:.2}x")),
-                r.per_path_cpu.map_or("n/a".into(), |v| format!("{v:.2}x")),
-            );
-        }
-    }
-    let notes: BTreeSet<&String> = report
-        .cells
-        .iter()
-        .flat_map(|c| &c.notes)
-        .chain(&report.notes)
-        .collect();
-    for note in notes {
-        println!("note: {note}");
-    }
-    println!();
-    if let (Some(rule), Some(pass), Some(reason)) = (
-        &report.target.cost_rule,
-        report.target.cost_pass,
-        &report.target.cost_reason,
-    ) {
-        println!("target: {rule}");
-        println!(
-            "  {:<10} {}  {reason}",
-            "ns/packet",
-            if pass { "PASS" } else { "MISS" }
-        );
-    }
-    if !report.target.scenarios.is_empty() {
-        println!("target: {}", report.target.rule);
-        for line in &report.target.scenarios {
-            println!(
-                "  {:<10} {}  {}",
-                line.scenario.name(),
-                if line.pass { "PASS" } else { "MISS" },
-                line.reason
-            );
-            if let (Some(t), Some(n)) = (line.tether_over_direct, line.nftables_over_direct) {
-                println!(
-                    "  {:<10}       node cost above direct's (the NAT's own): tether {t:+.0}, \
-                     nftables {n:+.0} {}",
-                    "",
-                    cost_unit(line.scenario)
-                );
-            }
-            if let Some(ceiling) = &line.ceiling {
-                println!("  {:<10}       ({ceiling})", "");
-            }
-        }
-        println!(
-            "  {:<10} {}",
-            "overall",
-            if report.target.pass { "PASS" } else { "MISS" }
-        );
-    }
-}
-
-pub fn fmt_throughput(scenario: Scenario, value: f64) -> String {
-    match scenario {
-        Scenario::Bulk => format!("{value:.2}"),
-        Scenario::ConnRate => super::l7::thousands(value),
-        Scenario::Udp => format!("{value:.3}"),
-    }
-}
-
-fn short_unit(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::Bulk => "Gb/s",
-        Scenario::ConnRate => "c/s",
-        Scenario::Udp => "Mp/s",
-    }
-}
-
-pub fn cost_unit(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::Bulk | Scenario::Udp => "ns/pkt",
-        Scenario::ConnRate => "us/conn",
-    }
-}
-
-fn pct(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".into(), |v| format!("{v:.0}%"))
-}
-
-fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.chars().count() > 100 {
-        format!("{}...", line.chars().take(100).collect::<String>())
-    } else {
-        line.to_string()
-    }
-}
-
-fn shown(path: &Path, root: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
 }

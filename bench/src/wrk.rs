@@ -3,12 +3,13 @@
 //! The generated Lua script sets the `Cookie` header once (a static request, so wrk calls no Lua
 //! per request) and prints one machine-readable summary line from `done()`, with exact latency
 //! percentiles and error counts. wrk's own text report is parsed as a fallback.
-use crate::harness::{pinned, Proc};
+use crate::cpu::pinned;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
+use tether_testkit::process::Proc;
 
 const MARKER: &str = "TETHER_BENCH_JSON ";
 

@@ -13,7 +13,7 @@
 //! - **udp** (the per-packet path without GRO): `UDP_FLOWS` UDP sockets sending 64-byte
 //!   datagrams with `sendmmsg` as fast as they can; the pod's sink counts what it receives.
 //!   Each datagram is a packet on its own all the way: nothing merges them.
-use super::lab::{self, Netns, POD_BULK_PORT, POD_RR_PORT, POD_UDP_PORT};
+use super::topology::{POD_BULK_PORT, POD_RR_PORT, POD_UDP_PORT};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tether_testkit::cpu::pin_thread;
+use tether_testkit::netns::{enter, Netns};
 
 pub const REQUEST_LEN: usize = 64;
 pub const RESPONSE_LEN: usize = 128;
@@ -73,7 +75,7 @@ impl Servers {
             servers.datagrams.push(datagrams.clone());
             let (stop_udp, cpus_udp) = (stop.clone(), cpus.to_vec());
             servers.threads.push(std::thread::spawn(move || {
-                let _ = lab::pin_thread(&cpus_udp);
+                let _ = pin_thread(&cpus_udp);
                 udp_sink(&udp, &datagrams, &stop_udp);
             }));
             bulk.set_nonblocking(true)?;
@@ -86,11 +88,11 @@ impl Servers {
             let cpus_bulk = cpus.to_vec();
             let cpus_rr = cpus.to_vec();
             servers.threads.push(std::thread::spawn(move || {
-                let _ = lab::pin_thread(&cpus_bulk);
+                let _ = pin_thread(&cpus_bulk);
                 bulk_sink(bulk, &bytes, &stop_bulk, &cpus_bulk);
             }));
             servers.threads.push(std::thread::spawn(move || {
-                let _ = lab::pin_thread(&cpus_rr);
+                let _ = pin_thread(&cpus_rr);
                 if let Err(error) = rr_server(&rr, index, &served, &stop_rr) {
                     eprintln!("pod-{index} server: {error:#}");
                 }
@@ -151,7 +153,7 @@ fn bulk_sink(
             Ok((stream, _)) => {
                 let (bytes, stop, cpus) = (bytes.clone(), stop.clone(), cpus.to_vec());
                 readers.push(std::thread::spawn(move || {
-                    let _ = lab::pin_thread(&cpus);
+                    let _ = pin_thread(&cpus);
                     drain(stream, &bytes, &stop);
                 }));
             }
@@ -462,11 +464,11 @@ impl Load {
         let (stop2, progress2, cpus, path) =
             (stop.clone(), progress.clone(), cpus.to_vec(), client.path());
         let thread = std::thread::spawn(move || {
-            if lab::enter(&path).is_err() {
+            if enter(&path).is_err() {
                 progress2.errors.fetch_add(1, Ordering::Relaxed);
                 return Vec::new();
             }
-            let _ = lab::pin_thread(&cpus);
+            let _ = pin_thread(&cpus);
             load(&stop2, &progress2)
         });
         Self {
@@ -518,11 +520,11 @@ pub fn bulk(client: &Netns, target: SocketAddrV4, streams: usize, cpus: &[usize]
 }
 
 fn writer(ns: &Path, target: SocketAddrV4, cpus: &[usize], stop: &AtomicBool, progress: &Progress) {
-    if lab::enter(ns).is_err() {
+    if enter(ns).is_err() {
         progress.errors.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let _ = lab::pin_thread(cpus);
+    let _ = pin_thread(cpus);
     let buffer = vec![0x5au8; BULK_BUFFER];
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut stream) =

@@ -22,6 +22,7 @@
 //! kernel's XDP dispatcher, an RCU grace period, between calls), which adds some 30 ns to the
 //! established flow alone. So the redirected figure is the established flow's (timed like the
 //! others) plus what redirecting adds to it when both are timed in the same short calls.
+use crate::summary::median;
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::Xdp;
@@ -35,6 +36,7 @@ use tether_common::{
     PORTS_MAP, SERVICES_MAP, TARGETS_MAP, TARGET_COUNTERS_MAP, TCP_FLOWS4_MAP, TCP_REPLIES4_MAP,
     XDP_PROGRAM,
 };
+use tether_testkit::packet::{tcp, with_ttl, PSH_ACK, SYN};
 
 /// `enum xdp_action`.
 const XDP_PASS: u32 = 2;
@@ -139,7 +141,7 @@ pub fn measure(object: &Path, options: Options, cpu: Option<usize>) -> Result<Co
         scope
             .spawn(move || {
                 if let Some(cpu) = cpu {
-                    super::lab::pin_thread(&[cpu])?;
+                    tether_testkit::cpu::pin_thread(&[cpu])?;
                 }
                 let mut kernel = Kernel::load(&object)?;
                 let checks = kernel.check_fixtures()?;
@@ -706,25 +708,8 @@ fn fixture(key: &'static str, rounds: Vec<f64>, ratios: Option<Vec<f64>>) -> Fix
     }
 }
 
-pub fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    Some(if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
-// Fixtures (the same frames as tests/tests/kernel_program.rs)
-
-const SYN: u8 = 0x02;
-const PSH_ACK: u8 = 0x18;
+// Fixtures (the same frames as tests/tests/kernel_program/main.rs)
 
 fn established() -> Vec<u8> {
     tcp(
@@ -762,16 +747,6 @@ fn established_redirected() -> Vec<u8> {
     with_ttl(&frame, 255)
 }
 
-/// `frame` with another TTL and the IPv4 checksum to match.
-fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
-    let mut out = frame.to_vec();
-    out[14 + 8] = ttl;
-    out[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
-    let sum = checksum(&[&out[14..34]]);
-    out[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
-    out
-}
-
 fn syn(port: u16, vip: [u8; 4]) -> Vec<u8> {
     tcp(CLIENT, port, vip, VIP_PORT, SYN, &[])
 }
@@ -796,68 +771,10 @@ fn miss_vip() -> Vec<u8> {
     )
 }
 
-/// The internet checksum (RFC 1071) of `parts`, concatenated.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let bytes: Vec<u8> = parts.concat();
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Ethernet + IPv4 + a TCP segment with `flags` and `payload`, checksums filled in.
-fn tcp(
-    src: [u8; 4],
-    src_port: u16,
-    dst: [u8; 4],
-    dst_port: u16,
-    flags: u8,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut segment = vec![0u8; 20];
-    segment[0..2].copy_from_slice(&src_port.to_be_bytes());
-    segment[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    segment[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    segment[12] = 5 << 4;
-    segment[13] = flags;
-    segment[14..16].copy_from_slice(&64_240u16.to_be_bytes());
-    segment.extend_from_slice(payload);
-    let pseudo = [
-        &src[..],
-        &dst[..],
-        &[0, Protocol::TCP],
-        &(segment.len() as u16).to_be_bytes(),
-    ]
-    .concat();
-    let sum = checksum(&[&pseudo, &segment]);
-    segment[16..18].copy_from_slice(&sum.to_be_bytes());
-
-    let mut ip = vec![0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + segment.len()) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&1u16.to_be_bytes());
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = Protocol::TCP;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let sum = checksum(&[&ip]);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-
-    let mut frame = Vec::with_capacity(14 + ip.len() + segment.len());
-    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]);
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&segment);
-    frame
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether_testkit::packet::checksums_verify;
 
     #[test]
     fn fixtures_have_valid_checksums() {
@@ -869,23 +786,7 @@ mod tests {
             miss_port(),
             miss_vip(),
         ] {
-            assert_eq!(checksum(&[&frame[14..34]]), 0);
-            let segment = &frame[34..];
-            let pseudo = [
-                &frame[26..30],
-                &frame[30..34],
-                &[0, Protocol::TCP],
-                &(segment.len() as u16).to_be_bytes(),
-            ]
-            .concat();
-            assert_eq!(checksum(&[&pseudo, segment]), 0);
+            assert!(checksums_verify(&frame));
         }
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(median(vec![]), None);
     }
 }

@@ -33,208 +33,26 @@
 //!   [`Checksums::Complete`] it is off as in the tests: complete checksums, verified by the
 //!   node's GRO and by the receivers (which then also check every DNAT and reverse NAT).
 use super::load::Servers;
-use crate::harness::Proc;
-use anyhow::{bail, ensure, Context, Result};
+use super::topology::{
+    gateway, nft_ruleset, pod_addr, tether_config, BULK_PORT, PODS, POD_BULK_PORT, POD_RR_PORT,
+    POD_UDP_PORT, RR_PORT, UDP_PORT, VIP,
+};
+use anyhow::{ensure, Context, Result};
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use tether_testkit::cpu::{cpu_set, pin_task};
+use tether_testkit::netns::{self, veth, Feature, Netns};
+use tether_testkit::process::Proc;
 
 /// Namespace and pin-directory prefix; `tl4-<pid>-<n>`.
 pub const PREFIX: &str = "tl4";
-pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-/// The connection-rate service (3 pods) and the bulk service (pod 0 only).
-pub const RR_PORT: u16 = 80;
-pub const BULK_PORT: u16 = 5201;
-pub const POD_RR_PORT: u16 = 8080;
-pub const POD_BULK_PORT: u16 = 5201;
-/// The datagram service (pod 0 only), UDP.
-pub const UDP_PORT: u16 = 53;
-pub const POD_UDP_PORT: u16 = 5353;
-pub const PODS: usize = 3;
 /// Bound on tether coming up and on every command.
 const WAIT: Duration = Duration::from_secs(20);
-
-pub fn pod_addr(pod: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 77, pod as u8 + 1, 2)
-}
-
-fn gateway(pod: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 77, pod as u8 + 1, 1)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Namespaces
-
-/// A named network namespace, deleted (with its interfaces) on drop.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    pub fn new(name: String) -> Result<Self> {
-        ip(&["netns", "add", &name])?;
-        let netns = Self { name };
-        netns.ip(&["link", "set", "lo", "up"])?;
-        Ok(netns)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// `program` run inside the namespace (setns in the child: the mount namespace stays the
-    /// host's, so bpffs pins stay visible).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let file = fs::File::open(self.path())
-            .with_context(|| format!("open {}", self.path().display()))?;
-        let mut command = Command::new(program);
-        // SAFETY: only setns, async-signal-safe, between fork and exec; the file moves into the
-        // closure and stays open until then.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(command)
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let path = self.path();
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    enter(&path)?;
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the thread in {} panicked", self.name))?
-        })
-    }
-
-    /// Writes a per-namespace sysctl.
-    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        self.run(|| fs::write(&path, value))?
-            .with_context(|| format!("sysctl {key}={value} in {}", self.name))
-    }
-
-    pub fn read_sysctl(&self, key: &str) -> Option<String> {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        self.run(|| fs::read_to_string(&path).ok())
-            .ok()
-            .flatten()
-            .map(|s| s.trim().to_string())
-    }
-
-    /// Runs a shell script with the namespace's own /sys (`ip netns exec` remounts it), for
-    /// the sysfs knobs that have no netlink or ioctl: threaded NAPI, RPS masks.
-    pub fn sysfs_script(&self, script: &str) -> Result<()> {
-        let output = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-ec", script])
-            .stdin(Stdio::null())
-            .output()
-            .context("run ip netns exec")?;
-        if !output.status.success() {
-            bail!(
-                "in {}: {script}: {}",
-                self.name,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    /// Sets an ethtool feature flag (ETHTOOL_S* command) on `interface`.
-    pub fn ethtool(&self, interface: &str, command: u32, on: bool) -> Result<()> {
-        let interface = interface.to_owned();
-        self.run(move || ethtool_set(&interface, command, on))?
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(error) = ip(&["netns", "del", &self.name]) {
-            eprintln!("cleanup: {error:#}");
-        }
-    }
-}
-
-pub fn enter(path: &Path) -> Result<()> {
-    let file = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    // SAFETY: a valid namespace fd; affects the calling thread only.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("run ip (iproute2)")?;
-    if !output.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// A veth pair created directly inside `a` and `b`, both ends up.
-fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    ip(&[
-        "link",
-        "add",
-        a_name,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_name,
-        "netns",
-        b.name(),
-    ])?;
-    a.ip(&["link", "set", a_name, "up"])?;
-    b.ip(&["link", "set", b_name, "up"])?;
-    Ok(())
-}
-
-/// `ETHTOOL_STXCSUM`: transmit checksum offload (off also turns TSO off).
-pub const ETHTOOL_STXCSUM: u32 = 0x17;
-/// `ETHTOOL_SGRO`: generic receive offload (on a veth, also its NAPI).
-pub const ETHTOOL_SGRO: u32 = 0x2c;
-/// `ETHTOOL_STSO`, `ETHTOOL_SGSO`: TCP segmentation offload, generic segmentation offload.
-pub const ETHTOOL_STSO: u32 = 0x1f;
-pub const ETHTOOL_SGSO: u32 = 0x24;
 
 /// What the client's and pods' veths do with transport checksums.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
@@ -248,70 +66,9 @@ pub enum Checksums {
     Complete,
 }
 
-fn ethtool_set(interface: &str, command: u32, on: bool) -> Result<()> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct Ifreq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut libc::c_void,
-        _pad: [u8; 16],
-    }
-    let mut value = EthtoolValue {
-        cmd: command,
-        data: u32::from(on),
-    };
-    let mut request = Ifreq {
-        name: [0; libc::IFNAMSIZ],
-        data: (&mut value as *mut EthtoolValue).cast(),
-        _pad: [0; 16],
-    };
-    let bytes = interface.as_bytes();
-    if bytes.len() >= libc::IFNAMSIZ {
-        bail!("interface name {interface} is too long");
-    }
-    request.name[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: a socket closed below, and an ifreq pointing at a live ethtool_value.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        if socket < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
-        }
-        let result = libc::ioctl(socket, SIOCETHTOOL, &mut request);
-        let error = std::io::Error::last_os_error();
-        libc::close(socket);
-        if result != 0 {
-            bail!("ethtool command {command:#x}={on} on {interface}: {error}");
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // CPUs and kthreads
 
-fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        set
-    }
-}
-
-/// Pins the calling thread to `cpus` (nothing when empty).
-pub fn pin_thread(cpus: &[usize]) -> Result<()> {
-    pin_pid(0, cpus)
-}
-
-/// Pins the task `pid` (0: the calling thread) to `cpus` (nothing when empty).
 /// Makes a NAPI kthread run as softirq work does on a real node, where it preempts tasks:
 /// SCHED_FIFO priority 1 (the lowest real-time one; threaded IRQ handlers use 50). Every NAPI
 /// kthread of the lab gets it (node, pods, wire), so no system's receive work waits behind the
@@ -325,21 +82,6 @@ pub fn preempt_tasks(pid: i32) {
         // SAFETY: as above.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, -20) };
     }
-}
-
-pub fn pin_pid(pid: i32, cpus: &[usize]) -> Result<()> {
-    if cpus.is_empty() {
-        return Ok(());
-    }
-    let set = cpu_set(cpus);
-    // SAFETY: a valid cpu_set_t of the size passed.
-    if unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        bail!(
-            "sched_setaffinity({pid}, {cpus:?}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 /// A hex CPU mask for sysfs ("2" for CPU 1).
@@ -486,7 +228,7 @@ impl Wire {
             "expected the wire's NAPI kthread, found {threads:?}"
         );
         for (_, pid) in threads {
-            pin_pid(pid, load_cpus)?;
+            pin_task(pid, load_cpus)?;
             preempt_tasks(pid);
             self.threads.push(pid);
         }
@@ -812,10 +554,10 @@ impl Lab {
             // complete checksums (as on a real wire).
             let client = netns.name() == self.client.name();
             if self.checksums == Checksums::Complete || (client && self.wire.is_some()) {
-                netns.ethtool(&interface, ETHTOOL_STXCSUM, false)?;
+                netns.set_feature(&interface, Feature::TxChecksum, false)?;
             }
-            netns.ethtool(&interface, ETHTOOL_STSO, false)?;
-            netns.ethtool(&interface, ETHTOOL_SGSO, false)?;
+            netns.set_feature(&interface, Feature::Tso, false)?;
+            netns.set_feature(&interface, Feature::Gso, false)?;
             let steered = client || self.pod_receive == PodReceive::Load;
             if let (Some(mask), true) = (&rps, steered) {
                 netns.sysfs_script(&format!(
@@ -827,7 +569,7 @@ impl Lab {
         // The node: GRO and threaded NAPI on each of its veths.
         let mut script = String::new();
         for interface in &node_interfaces {
-            self.node.ethtool(interface, ETHTOOL_SGRO, true)?;
+            self.node.set_feature(interface, Feature::Gro, true)?;
             script.push_str(&format!("echo 1 > /sys/class/net/{interface}/threaded\n"));
         }
         self.node.sysfs_script(&script)?;
@@ -840,7 +582,7 @@ impl Lab {
         // With `PodReceive::Node` their NAPI stays in softirq: it runs where it is scheduled,
         // on the node's CPU.
         for (pod, interface) in self.pods.iter().zip(&pod_interfaces) {
-            pod.ethtool(interface, ETHTOOL_SGRO, true)?;
+            pod.set_feature(interface, Feature::Gro, true)?;
         }
         let threaded = self.pod_receive == PodReceive::Load;
         if threaded {
@@ -857,17 +599,17 @@ impl Lab {
             "expected one NAPI kthread per pod veth ({pod_interfaces:?}), found {pod_threads:?}"
         );
         for (_, pid) in &pod_threads {
-            pin_pid(*pid, &self.load_cpus)?;
+            pin_task(*pid, &self.load_cpus)?;
             preempt_tasks(*pid);
             self.pod_threads.push(*pid);
         }
         if let Some(wire) = self.wire.as_mut() {
             // The client receives the wire's redirected frames: that needs its NAPI (GRO).
-            self.client.ethtool(&c, ETHTOOL_SGRO, true)?;
+            self.client.set_feature(&c, Feature::Gro, true)?;
             // Frames carry no checksum state: what the node sends into the wire must carry
             // complete checksums too (computed in software when it transmits, as a NIC would
             // in hardware; replies only, the same for every system).
-            self.node.ethtool(&n, ETHTOOL_STXCSUM, false)?;
+            self.node.set_feature(&n, Feature::TxChecksum, false)?;
             wire.connect(&format!("a{tag}"), &format!("b{tag}"), &self.load_cpus)?;
             for interface in [format!("a{tag}"), format!("b{tag}")] {
                 self.senders
@@ -888,7 +630,7 @@ impl Lab {
             self.node_interfaces
         );
         for (_, pid) in &threads {
-            pin_pid(*pid, &self.node_cpus)?;
+            pin_task(*pid, &self.node_cpus)?;
             preempt_tasks(*pid);
         }
         Ok(threads.into_iter().map(|(_, pid)| pid).collect())
@@ -1017,7 +759,7 @@ impl Lab {
                 "tether did not start within {WAIT:?}:\n{}",
                 fs::read_to_string(&log).unwrap_or_default()
             );
-            super::check_interrupted()?;
+            super::interrupt::check_interrupted()?;
             std::thread::sleep(Duration::from_millis(50));
         }
         // Attaching XDP must not have replaced the pinned NAPI kthreads; re-pin to be sure.
@@ -1101,102 +843,6 @@ impl Drop for Lab {
     }
 }
 
-/// `pods`: the pod interfaces and their `podDelivery`, if listed.
-pub fn tether_config(interface: &str, pods: Option<(&[String], &str)>, xdp_mode: &str) -> String {
-    let rr: String = (0..PODS)
-        .map(|pod| format!("      - {{address: {}:{POD_RR_PORT}}}\n", pod_addr(pod)))
-        .collect();
-    let pods = match pods {
-        Some((interfaces, delivery)) => format!(
-            "  podInterfaces: [{}]\n  podDelivery: {delivery}\n",
-            interfaces.join(", ")
-        ),
-        None => String::new(),
-    };
-    format!(
-        "dataplane:
-  interfaces: [{interface}]
-  xdpMode: {xdp_mode}
-{pods}services:
-  rr:
-    listen: {VIP}:{RR_PORT}
-    protocol: tcp
-    targets:
-{rr}  bulk:
-    listen: {VIP}:{BULK_PORT}
-    protocol: tcp
-    targets:
-      - {{address: {pod0}:{POD_BULK_PORT}}}
-  udp:
-    listen: {VIP}:{UDP_PORT}
-    protocol: udp
-    targets:
-      - {{address: {pod0}:{POD_UDP_PORT}}}
-",
-        pod0 = pod_addr(0)
-    )
-}
-
-/// The shape of kube-proxy's nftables mode for three ClusterIP services (two TCP, one UDP): a `nat` prerouting hook
-/// jumping to a `services` chain, which looks the destination up in a verdict map of
-/// VIP . protocol . port; each service chain picks an endpoint with `numgen random mod N`, each
-/// endpoint chain DNATs (conntrack does the reverse NAT). Also kube-proxy's masquerade check in
-/// nat postrouting and its `ct state invalid drop` in the forward filter.
-pub fn nft_ruleset() -> String {
-    let rr_endpoints: String = (0..PODS)
-        .map(|pod| {
-            format!(
-                "  chain endpoint-rr-{pod} {{\n    meta l4proto tcp dnat to {}:{POD_RR_PORT}\n  }}\n",
-                pod_addr(pod)
-            )
-        })
-        .collect();
-    let rr_vmap: Vec<String> = (0..PODS)
-        .map(|pod| format!("{pod} : goto endpoint-rr-{pod}"))
-        .collect();
-    format!(
-        "table ip tether-bench {{
-  map service-ips {{
-    type ipv4_addr . inet_proto . inet_service : verdict
-    elements = {{ {VIP} . tcp . {RR_PORT} : goto service-rr, {VIP} . tcp . {BULK_PORT} : goto service-bulk, {VIP} . udp . {UDP_PORT} : goto service-udp }}
-  }}
-  chain nat-prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    jump services
-  }}
-  chain nat-postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    meta mark & 0x4000 == 0x4000 masquerade
-  }}
-  chain filter-forward {{
-    type filter hook forward priority filter; policy accept;
-    ct state invalid drop
-  }}
-  chain services {{
-    ip daddr . meta l4proto . th dport vmap @service-ips
-  }}
-  chain service-rr {{
-    numgen random mod {PODS} vmap {{ {} }}
-  }}
-{rr_endpoints}  chain service-bulk {{
-    numgen random mod 1 vmap {{ 0 : goto endpoint-bulk-0 }}
-  }}
-  chain endpoint-bulk-0 {{
-    meta l4proto tcp dnat to {pod0}:{POD_BULK_PORT}
-  }}
-  chain service-udp {{
-    numgen random mod 1 vmap {{ 0 : goto endpoint-udp-0 }}
-  }}
-  chain endpoint-udp-0 {{
-    meta l4proto udp dnat to {pod0}:{POD_UDP_PORT}
-  }}
-}}
-",
-        rr_vmap.join(", "),
-        pod0 = pod_addr(0)
-    )
-}
-
 /// Deletes what a killed earlier run left: namespaces and pin directories named
 /// `tl4-<pid>-...` whose pid no longer runs.
 pub fn remove_stale(tether: Option<&Path>) -> Vec<String> {
@@ -1228,7 +874,7 @@ pub fn remove_stale(tether: Option<&Path>) -> Vec<String> {
     if let Ok(entries) = fs::read_dir("/run/netns") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if dead(&name) && ip(&["netns", "del", &name]).is_ok() {
+            if dead(&name) && netns::delete(&name).is_ok() {
                 removed.push(format!("netns {name}"));
             }
         }
@@ -1244,18 +890,5 @@ mod tests {
     fn masks() {
         assert_eq!(cpu_mask(&[1]), "00000002");
         assert_eq!(cpu_mask(&[0, 33]), "00000002,00000001");
-    }
-
-    #[test]
-    fn configs_name_every_pod() {
-        let yaml = tether_config("n12340", Some((&["p012340".into()], "peer")), "native");
-        assert!(yaml.contains("interfaces: [n12340]"));
-        assert!(yaml.contains("podInterfaces: [p012340]\n  podDelivery: peer\n"));
-        assert!(!tether_config("n12340", None, "native").contains("podInterfaces"));
-        assert!(yaml.contains("10.77.3.2:8080"));
-        assert!(yaml.contains("listen: 10.96.0.10:5201"));
-        let nft = nft_ruleset();
-        assert!(nft.contains("numgen random mod 3 vmap { 0 : goto endpoint-rr-0"));
-        assert!(nft.contains("dnat to 10.77.1.2:5201"));
     }
 }
