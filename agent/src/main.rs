@@ -5,7 +5,8 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tether::run::{run, RunOptions};
+use tether::runtime::{self, RunOptions};
+use tether::source::{kube::cluster::ClusterSource, standalone::FileSource};
 
 // The proxy allocates small, short-lived buffers per request; mimalloc's thread-local free
 // lists serve those faster than glibc's malloc (measured with `cargo xtask bench l7`).
@@ -32,8 +33,10 @@ enum LogFormat {
     Json,
 }
 
-// Parsed once at start; boxing the large variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing the large variant would buy nothing"
+)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: from a configuration file (standalone), or from the cluster
@@ -115,10 +118,22 @@ struct KubeArgs {
         value_delimiter = ','
     )]
     ingress_classes: Vec<String>,
+    /// A GatewayClass that is tether's by name (repeatable), besides those whose
+    /// controllerName is tether.dev/gateway-controller: Kong's Gateways work unchanged.
+    #[arg(
+        long = "gateway-class",
+        env = "TETHER_GATEWAY_CLASSES",
+        value_delimiter = ','
+    )]
+    gateway_classes: Vec<String>,
     /// This node's IP, for NodePort frontends on the kernel path (the DaemonSet passes
     /// status.hostIP).
     #[arg(long, env = "TETHER_NODE_IP")]
     node_ip: Option<std::net::IpAddr>,
+    /// The Lease (NAMESPACE/NAME) whose holder writes Gateway API status, so that one agent
+    /// writes it; default: tether-status in the --cookie-secret's namespace.
+    #[arg(long, env = "TETHER_STATUS_LEASE", value_parser = tether::source::kube::parse_secret)]
+    status_lease: Option<(String, String)>,
     /// This agent's name in Events (the DaemonSet passes spec.nodeName); default: the host name.
     #[arg(long, env = "TETHER_NODE_NAME")]
     node_name: Option<String>,
@@ -157,8 +172,11 @@ impl KubeArgs {
                 ingress_classes: self.ingress_classes,
                 kernel: false,
                 node_ip: self.node_ip,
+                tls: false,
+                gateway_classes: self.gateway_classes,
             },
             instance,
+            status_lease: self.status_lease,
         }))
     }
 }
@@ -169,7 +187,7 @@ fn main() -> ExitCode {
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", tether::report::Chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -185,23 +203,25 @@ fn execute(command: Command) -> Result<()> {
             shutdown_grace,
             ebpf_object,
             pin_dir,
-        } => run(RunOptions {
-            dataplane: tether::dataplane::Options {
-                object: ebpf_object,
-                pin_dir,
-                config: if kubernetes.kubernetes {
-                    None
-                } else {
-                    config.clone()
+        } => {
+            let options = RunOptions {
+                dataplane: tether::dataplane::Options {
+                    object: ebpf_object,
+                    pin_dir,
                 },
-            },
-            kubernetes: kubernetes.options()?,
-            config,
-            workers: workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
-            session_key,
-            shutdown_grace: Duration::from_secs(shutdown_grace),
-        }),
+                workers: workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+                session_key,
+                shutdown_grace: Duration::from_secs(shutdown_grace),
+            };
+            match (kubernetes.options()?, config) {
+                (Some(cluster), config) => {
+                    runtime::run(ClusterSource::new(config.as_deref(), cluster)?, options)
+                }
+                (None, Some(config)) => runtime::run(FileSource::open(config)?, options),
+                (None, None) => anyhow::bail!("--config FILE is required (or --kubernetes)"),
+            }
+        }
         Command::Maps {
             view,
             json,
@@ -215,7 +235,7 @@ fn execute(command: Command) -> Result<()> {
         }
         Command::Cleanup { pin_dir } => cleanup(&pin_dir),
         Command::Check { config } => {
-            let loaded = tether::run::load_config(&config)?;
+            let loaded = tether::source::file::load(&config)?;
             for warning in loaded.warnings {
                 eprintln!("warning: {warning}");
             }

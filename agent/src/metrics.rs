@@ -21,7 +21,10 @@ pub struct RepinLabels {
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[expect(
+    non_camel_case_types,
+    reason = "label values are the variant names, spelled as Prometheus labels are"
+)]
 pub enum RepinReason {
     /// The pinned target is no longer configured.
     target_removed,
@@ -36,11 +39,16 @@ pub struct CookieLabels {
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[expect(
+    non_camel_case_types,
+    reason = "label values are the variant names, spelled as Prometheus labels are"
+)]
 pub enum CookieRejection {
     malformed,
     forged,
     expired,
+    /// Past the first few session cookies of one request: not even checked.
+    unchecked,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,7 +59,10 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[expect(
+    non_camel_case_types,
+    reason = "label values are the variant names, spelled as Prometheus labels are"
+)]
 pub enum FailureKind {
     /// Connecting failed (refused, unreachable, or timed out).
     connect,
@@ -68,7 +79,10 @@ pub struct OutcomeLabels {
 
 /// What happened to a request, as the client saw it.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[expect(
+    non_camel_case_types,
+    reason = "label values are the variant names, spelled as Prometheus labels are"
+)]
 pub enum Outcome {
     /// A target answered (whatever its status).
     forwarded,
@@ -78,10 +92,21 @@ pub enum Outcome {
     bad_request,
     /// 431: request head over proxy.maxHeaderBytes.
     header_too_large,
-    /// The client was too slow sending its request head; the connection was closed.
+    /// The client was too slow sending its request head (or finishing the TLS handshake); the
+    /// connection was closed.
     client_timeout,
+    /// The TLS handshake failed (not TLS, no common version or cipher, a bad record); the
+    /// connection was closed.
+    tls_handshake_failed,
+    /// 408: the client stopped sending its request body for proxy.timeouts.clientIdle.
+    client_body_timeout,
+    /// A client stopped reading the response (or a target stopped sending it) for
+    /// proxy.timeouts.clientIdle; the connection was closed.
+    stalled,
     /// 404: no route matched.
     no_route,
+    /// 405: CONNECT on a route that does not allow tunnelling.
+    method_not_allowed,
     /// 503: no target can take the request.
     no_target,
     /// 502: every target tried failed.
@@ -96,10 +121,16 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[expect(
+    non_camel_case_types,
+    reason = "label values are the variant names, spelled as Prometheus labels are"
+)]
 pub enum ReloadResult {
     applied,
     rejected,
+    /// The source's new model equals the running one (a comment edited, a watch event that
+    /// changes nothing tether uses): nothing is rebuilt.
+    unchanged,
 }
 
 /// Every metric tether exports.
@@ -114,6 +145,7 @@ pub struct Metrics {
     pub outcomes: Family<OutcomeLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub client_connections: Gauge,
+    pub shed_connections: Counter,
     pub config_generation: Gauge,
 }
 
@@ -142,7 +174,7 @@ impl Metrics {
         );
         prefixed.register(
             "invalid_cookies",
-            "Session cookies ignored because they were malformed, forged or expired",
+            "Session cookies ignored because they were malformed, forged, expired, or past the few checked per request",
             self.invalid_cookies.clone(),
         );
         prefixed.register(
@@ -157,13 +189,18 @@ impl Metrics {
         );
         prefixed.register(
             "config_reloads",
-            "Configuration reloads, applied or rejected",
+            "New models from the source: applied, rejected, or unchanged (nothing to do)",
             self.config_reloads.clone(),
         );
         prefixed.register(
             "client_connections",
             "Open client connections",
             self.client_connections.clone(),
+        );
+        prefixed.register(
+            "shed_connections",
+            "Client connections answered 503 and closed because proxy.maxConnections were open",
+            self.shed_connections.clone(),
         );
         prefixed.register(
             "config_generation",
@@ -187,7 +224,11 @@ pub struct OutcomeCounters {
     pub bad_request: Counter,
     pub header_too_large: Counter,
     pub client_timeout: Counter,
+    pub tls_handshake_failed: Counter,
+    pub client_body_timeout: Counter,
+    pub stalled: Counter,
     pub no_route: Counter,
+    pub method_not_allowed: Counter,
     pub no_target: Counter,
     pub upstream_error: Counter,
     pub upstream_timeout: Counter,
@@ -201,7 +242,11 @@ impl OutcomeCounters {
             bad_request: metrics.outcome(Outcome::bad_request),
             header_too_large: metrics.outcome(Outcome::header_too_large),
             client_timeout: metrics.outcome(Outcome::client_timeout),
+            tls_handshake_failed: metrics.outcome(Outcome::tls_handshake_failed),
+            client_body_timeout: metrics.outcome(Outcome::client_body_timeout),
+            stalled: metrics.outcome(Outcome::stalled),
             no_route: metrics.outcome(Outcome::no_route),
+            method_not_allowed: metrics.outcome(Outcome::method_not_allowed),
             no_target: metrics.outcome(Outcome::no_target),
             upstream_error: metrics.outcome(Outcome::upstream_error),
             upstream_timeout: metrics.outcome(Outcome::upstream_timeout),

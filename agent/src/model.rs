@@ -29,6 +29,73 @@ pub struct ProxySettings {
     pub timeouts: ProxyTimeouts,
     /// Largest request head (request line plus headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// Client connections open at once; past it new ones get a 503 and are closed.
+    pub max_connections: usize,
+    /// The TLS listener, when there is one.
+    pub tls: Option<TlsSettings>,
+    /// `proxy.http2`: limits of client HTTP/2 connections.
+    pub http2: Http2Settings,
+}
+
+/// `proxy.http2`: limits of client HTTP/2 connections (the header list limit is
+/// `maxHeaderBytes`, as for HTTP/1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+}
+
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+        }
+    }
+}
+
+/// `proxy.tls`: a second listener that terminates TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    /// Chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificateFiles>,
+    /// Certificates from the cluster (`kubernetes.io/tls` Secrets that Ingresses name), after
+    /// the files; empty for the standalone file.
+    pub cluster: Vec<PemCertificate>,
+}
+
+/// A certificate chain and key held in memory (a Secret's `tls.crt` and `tls.key`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemCertificate {
+    /// For logs and errors: `Secret NAMESPACE/NAME`.
+    pub origin: String,
+    pub chain: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemCertificate {
+    /// The origin only: a key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemCertificate")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PEM certificate chain (end-entity first) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+}
+
+impl CertificateFiles {
+    /// For logs and errors: both files.
+    pub fn origin(&self) -> String {
+        format!("{} + {}", self.cert_file.display(), self.key_file.display())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,8 +104,11 @@ pub struct ProxyTimeouts {
     pub header_read: Duration,
     /// Connecting to a target.
     pub connect: Duration,
-    /// From sending the request to a target until its response head arrives.
+    /// From the end of the request body until the target's response head arrives.
     pub response: Duration,
+    /// How long any side may stall: a client not sending its body or not reading the response,
+    /// a target not reading the request or not sending its body.
+    pub client_idle: Duration,
 }
 
 impl Default for ProxyTimeouts {
@@ -47,11 +117,14 @@ impl Default for ProxyTimeouts {
             header_read: Duration::from_secs(10),
             connect: Duration::from_secs(2),
             response: Duration::from_secs(60),
+            client_idle: Duration::from_secs(30),
         }
     }
 }
 
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// At ~20 KB per idle connection, 10,000 fit well inside the DaemonSet's 512Mi.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Where the kernel programs attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +180,27 @@ pub struct Route {
     pub host: Option<HostMatch>,
     pub path: PathMatch,
     pub service: String,
+    /// CONNECT requests matching this route are tunnelled to the target; elsewhere they get 405.
+    pub allow_connect: bool,
+    /// What a request that did not come over TLS gets.
+    pub plaintext: Plaintext,
+    /// Whether requests over TLS match this route (Kong's `protocols: [http]` says no).
+    pub over_tls: bool,
+}
+
+/// What a route does with a plaintext (not TLS) request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Plaintext {
+    /// Proxied like any other.
+    #[default]
+    Serve,
+    /// Redirected to the same URL over https with this status (301, 302, 307 or 308), or
+    /// refused with 426 Upgrade Required (Kong's `https_redirect_status_code`, 426 by default
+    /// for a route whose `protocols` are https only).
+    Redirect(u16),
+    /// Not matched: the route is for TLS requests only (an HTTPRoute attached to HTTPS
+    /// listeners only).
+    NoMatch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +226,19 @@ pub struct Service {
     /// Set for a service the kernel handles at L4 (a VIP:port).
     pub frontend: Option<Frontend>,
     pub targets: Vec<Target>,
+    /// How requests reach the targets of a proxied service.
+    pub upstream: UpstreamProtocol,
+}
+
+/// The protocol tether speaks to a proxied service's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC targets), one multiplexed connection
+    /// per target per worker.
+    H2c,
 }
 
 /// A virtual address the kernel program steers: new flows get a Maglev pick over active

@@ -10,12 +10,12 @@ const MIN_KEY_BYTES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("session key {path}: cannot read: {source}")]
+    #[error("session key {path}: cannot read")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("session key {path}: cannot create: {source}")]
+    #[error("session key {path}: cannot create")]
     Create {
         path: PathBuf,
         source: std::io::Error,
@@ -26,6 +26,10 @@ pub enum KeyError {
     TooShort { path: PathBuf, len: usize },
     #[error("cannot get random bytes: {0}")]
     Random(String),
+    #[error(
+        "session key {path}: a symlink to {target}, outside its directory; refusing it (a Secret volume's links stay inside)"
+    )]
+    SymlinkOutside { path: PathBuf, target: PathBuf },
 }
 
 /// Reads the key at `path`, creating it (mode 0600) if it does not exist.
@@ -33,8 +37,12 @@ pub enum KeyError {
 /// Any content of at least 16 bytes is a key: it is hashed to 32 bytes, so a Secret holding a
 /// passphrase or raw bytes works as well as the hex this function writes.
 pub fn load_or_create(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
+    check_link(path)?;
     match std::fs::read(path) {
-        Ok(content) => derive(path, &content),
+        Ok(content) => {
+            warn_if_exposed(path);
+            derive(path, &content)
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             create(path)?;
             // Read back what is there: another agent may have won the race to create it.
@@ -48,6 +56,49 @@ pub fn load_or_create(path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// A key file may be a symlink (Kubernetes mounts Secrets as links into a `..data` directory
+/// beside them), but one that leads out of its directory is someone pointing tether at a file
+/// it should not read, or sign with.
+fn check_link(path: &Path) -> Result<(), KeyError> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(());
+    }
+    let read = |source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let target = std::fs::canonicalize(path).map_err(read)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).map_err(read)?;
+    if target.starts_with(&dir) {
+        Ok(())
+    } else {
+        Err(KeyError::SymlinkOutside {
+            path: path.to_path_buf(),
+            target,
+        })
+    }
+}
+
+/// Anyone who can read the key can mint cookies for any target.
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:04o}"),
+                "session key file is readable by group or others: whoever reads it can forge cookies; chmod 0600 (or a Secret volume's defaultMode: 0400)"
+            );
+        }
     }
 }
 
@@ -139,6 +190,26 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn a_symlink_out_of_its_directory_is_refused() {
+        let path = scratch("link-out");
+        let dir = path.parent().expect("dir").to_path_buf();
+        std::fs::create_dir_all(dir.join("..data")).expect("dir");
+        let outside = scratch("outside");
+        std::fs::create_dir_all(outside.parent().expect("dir")).expect("dir");
+        std::fs::write(&outside, "a key that lives somewhere else entirely").expect("write");
+        std::os::unix::fs::symlink(&outside, &path).expect("link");
+        let error = load_or_create(&path).expect_err("refused");
+        assert!(matches!(error, KeyError::SymlinkOutside { .. }), "{error}");
+
+        // A Secret volume's layout: key -> ..data/key, all inside the directory.
+        let inside = dir.join("..data").join("key");
+        std::fs::write(&inside, "a key mounted the way kubelet does it").expect("write");
+        let secret = dir.join("secret-key");
+        std::os::unix::fs::symlink("..data/key", &secret).expect("link");
+        load_or_create(&secret).expect("a link inside its directory is fine");
     }
 
     #[test]

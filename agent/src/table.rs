@@ -3,17 +3,19 @@
 //!
 //! A `Tables` is immutable once built and swapped in whole; a request keeps the one it started
 //! with, so a reload never changes the rules under an in-flight request.
-use crate::maglev::{self, Maglev};
+use crate::balance::maglev::{self, Maglev};
+use crate::balance::round_robin::WeightedRoundRobin;
+use crate::balance::{least_connections, Candidate};
 use crate::metrics::{
     CookieLabels, CookieRejection, FailureKind, FailureLabels, Metrics, RepinLabels, RepinReason,
     TargetLabels,
 };
 use crate::model::{
-    Balancing, HashOn, HostMatch, Model, PathMatch, ProxyTimeouts, TargetState,
-    DEFAULT_MAX_HEADER_BYTES,
+    Balancing, HashOn, HostMatch, Model, PathMatch, Plaintext, ProxyTimeouts, TargetState,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
 };
 use crate::sticky::cookie::{CookieCodec, Lifetimes, Rejected, TargetTag};
-use crate::sticky::select::{self, Candidate, PinnedTo, WeightedRoundRobin};
+use crate::sticky::pin::{self, PinnedTo};
 use crate::sticky::set_cookie::CookieTemplate;
 use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
@@ -24,8 +26,13 @@ pub struct Tables {
     pub generation: u64,
     pub timeouts: ProxyTimeouts,
     pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub http2: crate::model::Http2Settings,
     /// Whether any route matches on host; if none does, requests skip reading it.
     pub routes_by_host: bool,
+    /// The TLS listener's port, for redirects to https (the runtime sets the bound port when
+    /// the configured one is 0).
+    pub https_port: Option<u16>,
     routes: Vec<CompiledRoute>,
     services: Vec<Arc<ServiceTable>>,
 }
@@ -34,6 +41,17 @@ struct CompiledRoute {
     host: Option<HostMatch>,
     path: PathMatch,
     service: usize,
+    allow_connect: bool,
+    plaintext: Plaintext,
+    over_tls: bool,
+}
+
+/// What a request's route says: the service, whether CONNECT may tunnel through it, and what a
+/// plaintext request gets.
+pub struct Routed<'a> {
+    pub service: &'a ServiceTable,
+    pub allow_connect: bool,
+    pub plaintext: Plaintext,
 }
 
 impl Tables {
@@ -85,6 +103,9 @@ impl Tables {
                         host: route.host.clone(),
                         path: route.path.clone(),
                         service: index_of(&route.service)?,
+                        allow_connect: route.allow_connect,
+                        plaintext: route.plaintext,
+                        over_tls: route.over_tls,
                     },
                 ))
             })
@@ -103,29 +124,57 @@ impl Tables {
             };
             (host_rank, path_rank, *order)
         });
-        let (timeouts, max_header_bytes) = model
+        let (timeouts, max_header_bytes, max_connections, http2) = model
             .proxy
             .as_ref()
-            .map(|p| (p.timeouts, p.max_header_bytes))
-            .unwrap_or((ProxyTimeouts::default(), DEFAULT_MAX_HEADER_BYTES));
+            .map(|p| (p.timeouts, p.max_header_bytes, p.max_connections, p.http2))
+            .unwrap_or((
+                ProxyTimeouts::default(),
+                DEFAULT_MAX_HEADER_BYTES,
+                DEFAULT_MAX_CONNECTIONS,
+                Default::default(),
+            ));
         Self {
             generation,
             timeouts,
             max_header_bytes,
+            max_connections,
+            http2,
             routes_by_host: routes.iter().any(|(_, route)| route.host.is_some()),
+            https_port: model
+                .proxy
+                .as_ref()
+                .and_then(|p| p.tls.as_ref())
+                .map(|tls| tls.listen.port())
+                .filter(|port| *port != 0),
             routes: routes.into_iter().map(|(_, route)| route).collect(),
             services,
         }
     }
 
-    /// The service for a request to `host` (lowercase, no port) and `path`.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&ServiceTable> {
+    /// The service for a plaintext request to `host` (lowercase, no port) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
+        self.route_over(host, path, false)
+    }
+
+    /// The service for a request to `host` and `path` that came over TLS or not: a route that
+    /// does not take TLS requests is passed over for them.
+    pub fn route_over(&self, host: Option<&str>, path: &str, tls: bool) -> Option<Routed<'_>> {
         self.routes
             .iter()
             .find(|route| {
-                host_matches(route.host.as_ref(), host) && path_matches(&route.path, path)
+                (if tls {
+                    route.over_tls
+                } else {
+                    route.plaintext != Plaintext::NoMatch
+                }) && host_matches(route.host.as_ref(), host)
+                    && path_matches(&route.path, path)
             })
-            .map(|route| &*self.services[route.service])
+            .map(|route| Routed {
+                service: &self.services[route.service],
+                allow_connect: route.allow_connect,
+                plaintext: route.plaintext,
+            })
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceTable> {
@@ -183,11 +232,13 @@ pub struct ServiceTable {
     /// The model this table was built from: an equal one later reuses the table.
     source: crate::model::Service,
     pub strategy: Strategy,
+    /// Whether targets are reached over HTTP/2 with prior knowledge (`protocol: h2c`).
+    pub h2c: bool,
     pub targets: Box<[TargetSlot]>,
     candidates: Box<[Candidate]>,
     round_robin: WeightedRoundRobin,
     in_flight: Box<[AtomicU32]>,
-    invalid_cookies: [Counter; 3],
+    invalid_cookies: [Counter; 4],
 }
 
 pub struct TargetSlot {
@@ -344,11 +395,13 @@ impl ServiceTable {
             candidates,
             targets,
             strategy,
+            h2c: service.upstream == crate::model::UpstreamProtocol::H2c,
             name,
             invalid_cookies: [
                 rejection(CookieRejection::malformed),
                 rejection(CookieRejection::forged),
                 rejection(CookieRejection::expired),
+                rejection(CookieRejection::unchecked),
             ],
         }
     }
@@ -356,7 +409,7 @@ impl ServiceTable {
     /// Where the session whose cookie names `tag` goes.
     pub fn pinned(&self, tag: TargetTag) -> PinnedTo {
         let found = self.targets.iter().position(|target| target.tag == tag);
-        select::pinned(found, &self.candidates)
+        pin::pinned(found, &self.candidates)
     }
 
     /// A target for a new session, or a re-pin; `hash` feeds consistent hashing.
@@ -376,10 +429,10 @@ impl ServiceTable {
             Strategy::RoundRobin | Strategy::Sticky { .. } => self.round_robin.next(excluded),
             Strategy::LeastConnections => {
                 let start = self.round_robin.next(|_| false).unwrap_or(0);
-                select::least_loaded(&self.candidates, &self.in_flight, start, excluded)
+                least_connections::least_loaded(&self.candidates, &self.in_flight, start, excluded)
             }
             Strategy::Hashing { maglev, .. } => match hash {
-                Some(hash) => select::hashed(maglev, hash, excluded),
+                Some(hash) => maglev.pick(hash, excluded),
                 // No value to hash on (header absent, say): spread like round-robin.
                 None => self.round_robin.next(excluded),
             },
@@ -393,6 +446,11 @@ impl ServiceTable {
             Rejected::Expired => 2,
         };
         self.invalid_cookies[index].inc();
+    }
+
+    /// Session cookies a request carried past the ones checked.
+    pub fn count_unchecked_cookies(&self, count: u64) {
+        self.invalid_cookies[3].inc_by(count);
     }
 
     /// Marks a request in flight to `target` until the guard drops (for least-connections).
@@ -473,7 +531,7 @@ services:
     fn routed(tables: &Tables, host: Option<&str>, path: &str) -> String {
         tables
             .route(host, path)
-            .map(|s| s.name.to_string())
+            .map(|routed| routed.service.name.to_string())
             .unwrap_or_default()
     }
 

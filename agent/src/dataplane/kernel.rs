@@ -180,14 +180,15 @@ impl Kernel {
         let program: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?;
         if path.exists() {
             let replaced = PinnedLink::from_pin(&path)
-                .map_err(|error| error.to_string())
+                .map_err(|error| crate::report::Chain(&error).to_string())
                 .and_then(|pinned| {
-                    XdpLink::try_from(FdLink::from(pinned)).map_err(|error| error.to_string())
+                    XdpLink::try_from(FdLink::from(pinned))
+                        .map_err(|error| crate::report::Chain(&error).to_string())
                 })
                 .and_then(|link| {
                     program
                         .attach_to_link(link)
-                        .map_err(|error| error.to_string())
+                        .map_err(|error| crate::report::Chain(&error).to_string())
                 });
             match replaced {
                 Ok(id) => {
@@ -255,15 +256,15 @@ impl Kernel {
         let program: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         if path.exists() {
             let replaced = PinnedLink::from_pin(&path)
-                .map_err(|error| error.to_string())
+                .map_err(|error| crate::report::Chain(&error).to_string())
                 .and_then(|pinned| {
                     SchedClassifierLink::try_from(FdLink::from(pinned))
-                        .map_err(|error| error.to_string())
+                        .map_err(|error| crate::report::Chain(&error).to_string())
                 })
                 .and_then(|link| {
                     program
                         .attach_to_link(link)
-                        .map_err(|error| error.to_string())
+                        .map_err(|error| crate::report::Chain(&error).to_string())
                 });
             match replaced {
                 Ok(id) => {

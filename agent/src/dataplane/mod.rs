@@ -69,7 +69,7 @@ pub enum Error {
          `tether cleanup` removes the old pins (established flows are dropped)"
     )]
     SchemaVersion { found: u64, wanted: u64 },
-    #[error("loading the kernel object {object}: {source}")]
+    #[error("loading the kernel object {object}")]
     Load {
         object: PathBuf,
         #[source]
@@ -79,21 +79,21 @@ pub enum Error {
     MissingProgram(&'static str),
     #[error("the kernel object has no map {0}; is it tether's?")]
     MissingMap(String),
-    #[error("cannot {action} the program {program}: {source}")]
+    #[error("cannot {action} the program {program}")]
     Program {
         program: &'static str,
         action: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("cannot attach {program} to {interface}: {source}")]
+    #[error("cannot attach {program} to {interface}")]
     Attach {
         program: &'static str,
         interface: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("cannot delete tether's TC filter on {interface}: {source}")]
+    #[error("cannot delete tether's TC filter on {interface}")]
     Detach {
         interface: String,
         #[source]
@@ -106,25 +106,25 @@ pub enum Error {
         what: &'static str,
         interface: String,
     },
-    #[error("cannot pin {path}: {source}")]
+    #[error("cannot pin {path}")]
     Pin {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("cannot open the pinned map {path}: {source}")]
+    #[error("cannot open the pinned map {path}")]
     OpenPin {
         path: PathBuf,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: String,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     MapWrite {
         what: &'static str,
         #[source]
@@ -132,7 +132,7 @@ pub enum Error {
     },
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Io {
         what: String,
         #[source]
@@ -161,8 +161,6 @@ pub struct Options {
     pub object: Option<PathBuf>,
     /// `--pin-dir` / `TETHER_PIN_DIR`.
     pub pin_dir: PathBuf,
-    /// The configuration file, whose modification time starts the change-to-maps clock.
-    pub config: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -170,7 +168,6 @@ impl Default for Options {
         Self {
             object: None,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
-            config: None,
         }
     }
 }
@@ -363,7 +360,7 @@ fn shared(dataplane: Dataplane) -> Arc<Mutex<Dataplane>> {
             };
             let mut dataplane = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
             if let Err(error) = dataplane.refresh_interfaces() {
-                warn!(%error, "rescanning the interfaces failed; the interfaces map keeps what it held");
+                warn!(error = %crate::report::Chain(&error), "rescanning the interfaces failed; the interfaces map keeps what it held");
             }
         });
     if let Err(error) = spawned {
@@ -373,30 +370,19 @@ fn shared(dataplane: Dataplane) -> Arc<Mutex<Dataplane>> {
 }
 
 impl Runner {
-    /// Registers the metrics, and starts the dataplane when `model` has a `dataplane` section.
-    /// A dataplane that cannot start is an error: the configuration asks for kernel services.
-    pub fn start(model: &Model, options: Options, registry: &mut Registry) -> Result<Self, Error> {
+    /// Registers the metrics; the dataplane starts with the first model ([`Runner::begin`]).
+    pub fn new(options: Options, registry: &mut Registry) -> Self {
         let metrics = DataplaneMetrics::default();
         metrics.register(registry);
-        let dataplane = match &model.dataplane {
-            Some(settings) => Some(shared(Dataplane::start(
-                settings,
-                model,
-                &options,
-                metrics.clone(),
-            )?)),
-            None => None,
-        };
-        Ok(Self {
+        Self {
             options,
             metrics,
-            dataplane,
-        })
+            dataplane: None,
+        }
     }
 
-    /// Starts the dataplane now if `model` asks for one and none runs (the Kubernetes source
-    /// registers the metrics first and starts once the cluster is listed). A dataplane that
-    /// cannot start is an error, as at [`Runner::start`].
+    /// Starts the dataplane if `model` has a `dataplane` section and none runs yet. A dataplane
+    /// that cannot start is an error: the configuration asks for kernel services.
     pub fn begin(&mut self, model: &Model) -> Result<(), Error> {
         if let (None, Some(settings)) = (&self.dataplane, &model.dataplane) {
             self.dataplane = Some(shared(Dataplane::start(
@@ -409,19 +395,9 @@ impl Runner {
         Ok(())
     }
 
-    /// Applies a reloaded model. Failures are logged; the maps keep what they held.
-    pub fn apply(&mut self, model: &Model) {
-        let changed_at = self
-            .options
-            .config
-            .as_ref()
-            .and_then(|path| std::fs::metadata(path).ok())
-            .and_then(|meta| meta.modified().ok());
-        self.apply_at(model, changed_at);
-    }
-
-    /// [`Runner::apply`], with the time the change happened (for the change-to-maps metric).
-    pub fn apply_at(&mut self, model: &Model, changed_at: Option<SystemTime>) {
+    /// Applies a new model; `changed_at` is when the change happened (for the change-to-maps
+    /// metric). Failures are logged; the maps keep what they held.
+    pub fn apply(&mut self, model: &Model, changed_at: Option<SystemTime>) {
         match (&mut self.dataplane, &model.dataplane) {
             (Some(dataplane), settings) => {
                 if settings.is_none() {
@@ -429,7 +405,7 @@ impl Runner {
                 }
                 let mut dataplane = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Err(error) = dataplane.apply(model, changed_at) {
-                    error!(%error, "dataplane update failed; the maps keep their previous contents where not written");
+                    error!(error = %crate::report::Chain(&error), "dataplane update failed; the maps keep their previous contents where not written");
                 }
             }
             (None, Some(settings)) => {
@@ -437,7 +413,7 @@ impl Runner {
                     Ok(dataplane) => self.dataplane = Some(shared(dataplane)),
                     Err(error) => {
                         self.metrics.apply_errors.inc();
-                        error!(%error, "cannot start the dataplane");
+                        error!(error = %crate::report::Chain(&error), "cannot start the dataplane");
                     }
                 }
             }

@@ -16,7 +16,7 @@
 //! becomes visible with its targets and row in place); the port bitmap follows; then removed
 //! services are deleted and removed targets cleared. Nothing is flushed: the flow tables are
 //! never written by the agent.
-use crate::maglev::{self, Maglev};
+use crate::balance::maglev::{self, Maglev};
 use crate::model::{KernelHashing, L4Protocol, Model, TargetState as ModelState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -208,7 +208,7 @@ pub fn desired(model: &Model, current: &KernelState) -> Result<Desired, PlanErro
     Ok(Desired { state, warnings })
 }
 
-/// A target takes new flows when it is active with a weight (as sticky/select.rs decides for
+/// A target takes new flows when it is active with a weight (as balance::Candidate decides for
 /// new sessions); weight 0 is Kong's drain.
 fn takes_new_flows(target: &crate::model::Target) -> bool {
     target.state == ModelState::Active && target.weight > 0
@@ -435,6 +435,7 @@ mod tests {
                 .iter()
                 .map(|(a, w)| Target::from_weight(addr(a), *w))
                 .collect(),
+            upstream: Default::default(),
         }
     }
 

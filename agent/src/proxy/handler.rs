@@ -1,428 +1,177 @@
-//! One request: route → service → pin (cookie) or pick → forward, re-pinning on failure.
-use super::headers;
-use super::upstream::SendError;
-use super::Connection;
-use crate::maglev::stable_hash;
-use crate::metrics::OutcomeCounters;
-use crate::model::HashOn;
-use crate::sticky::cookie::{unix_now, Rejected, Session};
-use crate::sticky::select::PinnedTo;
-use crate::table::{ServiceTable, Strategy, TargetSlot};
+//! One request, in phases: route → pin decision → upstream request → forward (with retries)
+//! → response (with the session cookie re-issued). Each phase is its own module; this one
+//! only runs them in order.
+use super::body::ClientBody;
+use super::h1::TargetUpgrade;
+use super::idle::{BodyProgress, TargetBody};
+use super::upstream::Outgoing;
+use super::{choose, forward, headers, respond, route, Connection};
+use crate::sticky::cookie::unix_now;
+use crate::table::{ServiceTable, Strategy};
 use bytes::Bytes;
-use http_body_util::{Either, Empty, Full};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE, USER_AGENT};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
+use http_body_util::{Either, Full};
+use hyper::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode, Version};
 use std::rc::Rc;
-use std::time::SystemTime;
-use tracing::{debug, info, warn};
 
 /// What the client gets back: the target's streamed body, or tether's own short message.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-/// Kong retries a failed target up to 5 times by default; tether tries each target at most once.
-const MAX_ATTEMPTS: usize = 5;
-
-/// How the session came to its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pin {
-    /// No session cookie applies (not a sticky service).
-    Unpinned,
-    /// The cookie's target kept the session.
-    Kept { draining: bool },
-    /// No valid cookie: a new session.
-    New,
-    /// The cookie's target is gone or failed: the session moved.
-    Moved,
-    /// The cookie's target failed and another served this request, but the session stays
-    /// pinned to it (change-on-failure off): no new cookie.
-    Stays,
-}
+pub type ProxyBody = Either<TargetBody, Full<Bytes>>;
 
 pub async fn handle(
-    request: Request<Incoming>,
+    request: Request<Option<ClientBody>>,
+    body_progress: Rc<BodyProgress>,
     connection: Rc<Connection>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let shared = &connection.shared;
-    let outcomes = &shared.outcomes;
-    let tables = shared.tables.load_full();
-    let host = if tables.routes_by_host {
-        headers::routing_host(request.headers(), request.uri())
-    } else {
-        None
+) -> Answer {
+    let tables = connection.shared.tables.load_full();
+    let (mut head, body) = request.into_parts();
+    let routed = match route::route(&tables, &mut head, &connection) {
+        Ok(routed) => routed,
+        Err(refused) => return refused.into(),
     };
-    let Some(service) = tables.route(host.as_deref(), request.uri().path()) else {
-        outcomes.no_route.inc();
-        debug!(
-            host = host.as_deref().unwrap_or(""),
-            path = request.uri().path(),
-            "no route"
-        );
-        return Ok(plain(
-            StatusCode::NOT_FOUND,
-            "no route matches this request\n",
-        ));
-    };
+    let service = routed.service;
     let now = unix_now();
-    let (mut pin, session, mut target) = choose(service, &request, &connection, now);
-    let upgrade = headers::is_upgrade(request.headers());
-    let mut request = request;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
-    let user_agent = parts.headers.get(USER_AGENT).cloned();
-    let method = parts.method.clone();
-    let retryable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, &connection.forwarded);
+    let decision = choose::first(service, &head, &connection, now);
+    let asked = Asked::of(&head, service);
+    let outgoing = upstream_request(head, body, &connection, &asked, service.h2c);
+    let timeouts = &tables.timeouts;
+    let served = forward::forward(
+        service,
+        decision,
+        outgoing,
+        &connection,
+        &body_progress,
+        timeouts,
+        asked.upgrade,
+    )
+    .await;
+    match served {
+        Ok(served) => respond::respond(
+            service,
+            served,
+            &asked,
+            &connection.shared,
+            now,
+            timeouts.client_idle,
+        ),
+        Err(refused) => refused.into(),
+    }
+}
+
+/// What the response phase needs from the request, which has gone to the target by then.
+pub(super) struct Asked {
+    /// A CONNECT: a 2xx answer opens the tunnel.
+    pub(super) connect: bool,
+    /// A tunnel either way: an Upgrade (101) or a CONNECT (2xx).
+    pub(super) upgrade: bool,
+    /// Kept only for a cookie whose SameSite depends on the browser.
+    pub(super) user_agent: Option<HeaderValue>,
+}
+
+impl Asked {
+    fn of(head: &Parts, service: &ServiceTable) -> Self {
+        let connect = head.method == Method::CONNECT;
+        let user_agent = match &service.strategy {
+            Strategy::Sticky { cookie, .. } if cookie.reads_user_agent() => {
+                head.headers.get(USER_AGENT).cloned()
+            }
+            _ => None,
+        };
+        Self {
+            connect,
+            upgrade: connect || headers::is_upgrade(&head.headers),
+            user_agent,
+        }
+    }
+}
+
+/// The request as targets get it: hop-by-hop fields out, forwarded fields in, origin-form
+/// toward HTTP/1.1 targets (with an HTTP/2 client's cookie crumbs joined into one Cookie
+/// field), absolute-form toward h2c targets (HTTP/2 sends it as :scheme and :authority).
+fn upstream_request(
+    mut head: Parts,
+    body: Option<ClientBody>,
+    connection: &Connection,
+    asked: &Asked,
+    h2c: bool,
+) -> Outgoing {
+    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+    let te_trailers = h2c
+        && head
+            .headers
+            .get(hyper::header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers::remove_hop_by_hop(&mut head.headers, asked.upgrade && !asked.connect);
+    headers::add_forwarded(&mut head.headers, &connection.forwarded);
+    if h2c {
+        to_h2c(&mut head, te_trailers);
+        return Outgoing::new(head, body);
+    }
+    if head.version == Version::HTTP_2 {
+        headers::join_cookie_crumbs(&mut head.headers);
+        head.version = Version::HTTP_11;
+    }
     // Targets get origin-form, whatever form the client used.
-    if parts.uri.authority().is_some() {
-        if let Some(uri) = parts
+    if head.uri.authority().is_some() {
+        if let Some(uri) = head
             .uri
             .path_and_query()
             .and_then(|p| p.as_str().parse().ok())
         {
-            parts.uri = uri;
+            head.uri = uri;
         }
     }
-    // Taken after the rewrite above, so a resent request carries the forwarded headers too.
-    let retry_parts = retryable.then(|| rebuild_parts(&parts));
-    let mut upstream_request = Some(Request::from_parts(parts, Either::Left(body)));
-    let timeouts = tables.timeouts;
-    let mut tried = Tried::default();
-    let response = loop {
-        let Some(index) = target else {
-            break Err(no_target(service, outcomes, &tried));
-        };
-        let slot = &service.targets[index];
-        let Some(request) = upstream_request.take() else {
-            break Err(failed(
-                outcomes,
-                service,
-                slot,
-                "request could not be retried",
-            ));
-        };
-        tried.push(index);
-        let _in_flight = service.in_flight(index);
-        let sent = connection
-            .upstreams
-            .send(
-                slot.address,
-                request,
-                timeouts.connect,
-                timeouts.response,
-                upgrade,
-            )
-            .await;
-        match sent {
-            Ok(response) => break Ok((index, response)),
-            Err(SendError::Connect(error, request)) => {
-                slot.counters.connect_failures.inc();
-                slot.failed();
-                warn!(service = &*service.name, target = &*slot.label, %error, "target refused the connection");
-                upstream_request = Some(*request);
-            }
-            Err(SendError::Broken(error)) => {
-                slot.counters.broken.inc();
-                warn!(service = &*service.name, target = &*slot.label, %error, "connection to target broke");
-                // Safe to resend only an idempotent request without a body.
-                upstream_request = retry_parts.as_ref().map(|parts| {
-                    Request::from_parts(parts.clone_parts(), Either::Right(Empty::new()))
-                });
-                if upstream_request.is_none() {
-                    break Err(failed(
-                        outcomes,
-                        service,
-                        slot,
-                        "connection to target broke",
-                    ));
-                }
-            }
-            Err(SendError::Timeout) => {
-                slot.counters.timeouts.inc();
-                slot.failed();
-                outcomes.upstream_timeout.inc();
-                warn!(
-                    service = &*service.name,
-                    target = &*slot.label,
-                    "target did not answer in time"
-                );
-                break Err(plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the target did not answer in time\n",
-                ));
-            }
-        }
-        if tried.len() >= MAX_ATTEMPTS.min(service.targets.len()) {
-            break Err(failed(outcomes, service, slot, "every target tried failed"));
-        }
-        target = service.pick_new(connection.hash_for(service, None), |i| tried.contains(&i));
-        if let Some(next) = target {
-            // A new session whose first pick failed was never pinned: it stays new.
-            let keeps_pin = matches!(
-                service.strategy,
-                Strategy::Sticky {
-                    change_on_failure: false,
-                    ..
-                }
-            );
-            if matches!(pin, Pin::Kept { .. }) && keeps_pin {
-                pin = Pin::Stays;
-            } else if matches!(pin, Pin::Kept { .. } | Pin::Moved) {
-                pin = Pin::Moved;
-                service.targets[next].counters.repins_failed.inc();
-            }
-        }
-    };
-    let (index, mut response) = match response {
-        Ok(found) => found,
-        Err(response) => return Ok(response),
-    };
-    let slot = &service.targets[index];
-    slot.counters.requests.inc();
-    match pin {
-        Pin::New => {
-            slot.counters.new_pins.inc();
-        }
-        Pin::Kept { draining: true } => {
-            slot.counters.drained_session_requests.inc();
-        }
-        _ => {}
-    }
-    debug!(
-        service = &*service.name,
-        target = &*slot.label,
-        state = slot.state.as_str(),
-        pin = ?pin,
-        status = response.status().as_u16(),
-        "forwarded"
-    );
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    // The target's side of a tunnel travels in the response's extensions.
-    let target_upgrade = (switching && upgrade).then(|| hyper::upgrade::on(&mut response));
-    let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, switching && upgrade);
-    headers::add_via(&mut parts.headers);
-    if let Strategy::Sticky {
-        cookie, refresh, ..
-    } = &service.strategy
-    {
-        let reissue = match pin {
-            Pin::New | Pin::Moved => Some(Session {
-                target: slot.tag,
-                issued_at: now,
-                refreshed_at: now,
-            }),
-            Pin::Kept { .. } => session
-                .filter(|s| *refresh && s.refreshed_at < now)
-                .map(|s| Session {
-                    refreshed_at: now,
-                    ..s
-                }),
-            Pin::Unpinned | Pin::Stays => None,
-        };
-        if let Some(session) = reissue {
-            let value = shared.codec.encode(&service.name, &session);
-            let header = cookie.header(
-                &value,
-                user_agent.as_ref().map(HeaderValue::as_bytes),
-                SystemTime::now(),
-            );
-            parts.headers.append(SET_COOKIE, header);
-        }
-    }
-    if let (Some(client), Some(target)) = (client_upgrade, target_upgrade) {
-        tunnel(client, target, service.name.clone(), slot.label.clone());
-        outcomes.upgraded.inc();
-        return Ok(Response::from_parts(
-            parts,
-            Either::Right(Full::new(Bytes::new())),
-        ));
-    }
-    outcomes.forwarded.inc();
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    Outgoing::new(head, body)
 }
 
-/// Decides the first target: the cookie's pin when it is valid and its target still here, a new
-/// pick otherwise.
-fn choose(
-    service: &ServiceTable,
-    request: &Request<Incoming>,
-    connection: &Connection,
-    now: u32,
-) -> (Pin, Option<Session>, Option<usize>) {
-    let Strategy::Sticky {
-        cookie, lifetimes, ..
-    } = &service.strategy
-    else {
-        let hash = connection.hash_for(service, Some(request));
-        return (Pin::Unpinned, None, service.pick_new(hash, |_| false));
-    };
-    let mut rejected = None;
-    for value in cookie_values(request, cookie.name()) {
-        match connection
-            .shared
-            .codec
-            .decode(&service.name, value, *lifetimes, now)
-        {
-            Ok(session) => {
-                return match service.pinned(session.target) {
-                    PinnedTo::Active(index) => {
-                        (Pin::Kept { draining: false }, Some(session), Some(index))
-                    }
-                    PinnedTo::Draining(index) => {
-                        (Pin::Kept { draining: true }, Some(session), Some(index))
-                    }
-                    PinnedTo::Gone => {
-                        let target = service.pick_new(None, |_| false);
-                        if let Some(index) = target {
-                            service.targets[index].counters.repins_removed.inc();
-                            info!(
-                                service = &*service.name,
-                                to = &*service.targets[index].label,
-                                "pinned target is gone: session re-pinned"
-                            );
-                        }
-                        (Pin::Moved, None, target)
-                    }
-                };
-            }
-            Err(reason) => rejected = Some(reason),
-        }
+/// An h2c target's request: HTTP/2, `http://` and the request's host as its authority.
+fn to_h2c(head: &mut Parts, te_trailers: bool) {
+    head.version = Version::HTTP_2;
+    if te_trailers {
+        head.headers
+            .insert(hyper::header::TE, HeaderValue::from_static("trailers"));
     }
-    if let Some(reason) = rejected {
-        service.count_rejected_cookie(reason);
-        if reason == Rejected::Forged {
-            warn!(service = &*service.name, client = %connection.client.ip(), "forged session cookie ignored");
-        } else {
-            debug!(
-                service = &*service.name,
-                reason = reason.as_str(),
-                "session cookie ignored"
-            );
-        }
-    }
-    (Pin::New, None, service.pick_new(None, |_| false))
-}
-
-/// Every value of the cookie `name` across all Cookie headers (a browser may send several with
-/// the same name for different paths; the first valid one wins).
-fn cookie_values<'a>(
-    request: &'a Request<Incoming>,
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> {
-    request
-        .headers()
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|header| header.to_str().ok())
-        .flat_map(|header| header.split(';'))
-        .filter_map(move |pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key.trim() == name).then(|| value.trim().trim_matches('"'))
+    let authority = head
+        .uri
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| {
+            head.headers
+                .get(hyper::header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .map(str::to_owned)
         })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let path = head
+        .uri
+        .path_and_query()
+        .map_or("/", |path| path.as_str())
+        .to_owned();
+    if let Ok(uri) = hyper::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+    {
+        head.uri = uri;
+    }
+    // :authority carries the host.
+    head.headers.remove(hyper::header::HOST);
 }
 
-impl Connection {
-    /// The hash consistent-hashing services pick by; `None` when the value is absent.
-    fn hash_for(&self, service: &ServiceTable, request: Option<&Request<Incoming>>) -> Option<u64> {
-        let Strategy::Hashing {
-            hash_on, fallback, ..
-        } = &service.strategy
-        else {
-            return None;
-        };
-        let request = request?;
-        [Some(hash_on), fallback.as_ref()]
-            .into_iter()
-            .flatten()
-            .find_map(|on| self.hash_value(on, request))
-    }
+/// The handler's answer: the response, and the target's side of a tunnel when it switched
+/// protocols (101, or 2xx to CONNECT).
+pub struct Answer {
+    pub response: Response<ProxyBody>,
+    pub tunnel: Option<TargetUpgrade>,
+}
 
-    fn hash_value(&self, on: &HashOn, request: &Request<Incoming>) -> Option<u64> {
-        match on {
-            HashOn::ClientIp => Some(stable_hash(self.client.ip().to_string().as_bytes())),
-            HashOn::Path => Some(stable_hash(request.uri().path().as_bytes())),
-            HashOn::Header(name) => request
-                .headers()
-                .get(name.as_str())
-                .map(|v| stable_hash(v.as_bytes())),
-            HashOn::Cookie { name, .. } => cookie_values(request, name)
-                .next()
-                .map(|v| stable_hash(v.as_bytes())),
-            HashOn::QueryArg(arg) => request.uri().query().and_then(|query| {
-                query.split('&').find_map(|pair| {
-                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    (key == arg).then(|| stable_hash(value.as_bytes()))
-                })
-            }),
+impl From<Response<ProxyBody>> for Answer {
+    fn from(response: Response<ProxyBody>) -> Self {
+        Self {
+            response,
+            tunnel: None,
         }
-    }
-}
-
-fn no_target(
-    service: &ServiceTable,
-    outcomes: &OutcomeCounters,
-    tried: &Tried,
-) -> Response<ProxyBody> {
-    if tried.is_empty() {
-        outcomes.no_target.inc();
-        let message = if service.has_targets() {
-            "no target can take new sessions: every target is draining\n"
-        } else {
-            "the service has no targets\n"
-        };
-        warn!(service = &*service.name, "{}", message.trim_end());
-        plain(StatusCode::SERVICE_UNAVAILABLE, message)
-    } else {
-        outcomes.upstream_error.inc();
-        warn!(
-            service = &*service.name,
-            tried = tried.len(),
-            "every target tried failed"
-        );
-        plain(StatusCode::BAD_GATEWAY, "every target tried failed\n")
-    }
-}
-
-fn failed(
-    outcomes: &OutcomeCounters,
-    service: &ServiceTable,
-    slot: &TargetSlot,
-    why: &'static str,
-) -> Response<ProxyBody> {
-    outcomes.upstream_error.inc();
-    warn!(service = &*service.name, target = &*slot.label, "{why}");
-    plain(StatusCode::BAD_GATEWAY, "the target failed to answer\n")
-}
-
-/// The targets a request has tried, at most [`MAX_ATTEMPTS`]; no allocation per request.
-#[derive(Default)]
-struct Tried {
-    targets: [usize; MAX_ATTEMPTS],
-    len: usize,
-}
-
-impl Tried {
-    fn push(&mut self, target: usize) {
-        if self.len < MAX_ATTEMPTS {
-            self.targets[self.len] = target;
-            self.len += 1;
-        }
-    }
-
-    fn contains(&self, target: &usize) -> bool {
-        self.targets[..self.len].contains(target)
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -439,72 +188,11 @@ pub fn plain(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
     response
 }
 
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// What is needed to send a bodiless request again.
-struct RetryParts {
-    method: Method,
-    uri: hyper::Uri,
-    version: hyper::Version,
-    headers: hyper::HeaderMap,
-}
-
-impl RetryParts {
-    fn clone_parts(&self) -> hyper::http::request::Parts {
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.method = self.method.clone();
-        parts.uri = self.uri.clone();
-        parts.version = self.version;
-        parts.headers = self.headers.clone();
-        parts
-    }
-}
-
-fn rebuild_parts(parts: &hyper::http::request::Parts) -> RetryParts {
-    let mut headers = parts.headers.clone();
-    headers::remove_hop_by_hop(&mut headers, false);
-    RetryParts {
-        method: parts.method.clone(),
-        uri: parts
-            .uri
-            .path_and_query()
-            .and_then(|p| p.as_str().parse().ok())
-            .unwrap_or_else(|| parts.uri.clone()),
-        version: parts.version,
-        headers,
-    }
-}
-
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    service: std::sync::Arc<str>,
-    target: std::sync::Arc<str>,
-) {
-    tokio::task::spawn_local(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(error) => {
-                warn!(service = &*service, target = &*target, %error, "upgrade failed");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => debug!(
-                service = &*service,
-                target = &*target,
-                up,
-                down,
-                "tunnel closed"
-            ),
-            Err(error) => debug!(service = &*service, target = &*target, %error, "tunnel ended"),
-        }
-    });
+/// Ends the connection after this answer: what follows a refused request cannot be trusted to
+/// be the next request (a tunnel's bytes, the rest of a broken body).
+pub(super) fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

@@ -1,8 +1,8 @@
 //! Header rules for a forwarding proxy (RFC 9110 §7.6): hop-by-hop fields stop here,
 //! forwarded-for fields are added, and `Via` records the hop.
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 use std::net::IpAddr;
 
@@ -19,13 +19,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// Whether `Connection` lists `token` (case-insensitive, read as bytes so a field with other
+/// bytes in it still counts).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Removes hop-by-hop fields: the fixed set and any named in `Connection`.
@@ -40,9 +41,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // As bytes: a value with one non-ASCII byte still names the fields it lists
+            // (found by fuzz/fuzz_targets/http_request.rs: they passed to the target).
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .filter(|name| !(keep_upgrade && name == UPGRADE))
             .collect();
         for name in named {
@@ -77,6 +79,29 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+/// Joins the Cookie fields of an HTTP/2 request into one, `"; "` between them: an HTTP/2
+/// client may split Cookie into crumbs (RFC 9113 §8.2.3), and an HTTP/1.1 target expects
+/// one field (RFC 6265 §5.4).
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(128);
+    for crumb in headers.get_all(COOKIE) {
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
+}
+
 /// Adds X-Forwarded-For (appended), X-Forwarded-Proto/-Host/-Port (set) and Via.
 pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientValues) {
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): keep every hop, in order.
@@ -97,7 +122,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientValues) {
         headers.insert(X_FORWARDED_FOR.clone(), client.ip.clone());
     }
     // The client's own claims about scheme and host are overwritten: this hop knows better.
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
     if let Some(host) = headers.get(HOST).cloned() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     } else {
@@ -112,20 +137,63 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientValues) {
 pub struct ClientValues {
     pub ip: HeaderValue,
     pub listen_port: HeaderValue,
+    /// `https` for a connection to the TLS listener, else `http`.
+    pub proto: HeaderValue,
 }
 
 impl ClientValues {
-    pub fn new(client: IpAddr, listen_port: u16) -> Self {
+    pub fn new(client: IpAddr, listen_port: u16, tls: bool) -> Self {
         Self {
             ip: HeaderValue::from_str(&client.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             listen_port: HeaderValue::from(listen_port),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }
     }
 }
 
 pub fn add_via(headers: &mut HeaderMap) {
     headers.append(VIA, VIA_VALUE);
+}
+
+/// Makes the request's host one thing (RFC 9112 §3.2): an absolute-form or authority-form
+/// target's authority replaces any Host the client sent, and otherwise exactly one valid Host is
+/// required of HTTP/1.1. Routing, X-Forwarded-Host and the forwarded Host then all read the
+/// same field.
+pub fn settle_host(
+    version: hyper::Version,
+    uri: &hyper::Uri,
+    headers: &mut HeaderMap,
+) -> Result<(), &'static str> {
+    if let Some(authority) = uri.authority() {
+        if authority.as_str().contains('@') {
+            return Err("a request target may not carry user information");
+        }
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "the request target's authority is not a valid host")?;
+        headers.insert(HOST, value);
+        return Ok(());
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (None, _) if version == hyper::Version::HTTP_11 => Err("an HTTP/1.1 request needs a Host"),
+        (None, _) => Ok(()),
+        (Some(host), None) => {
+            let valid = host.is_empty()
+                || (!host.as_bytes().contains(&b'@')
+                    && host
+                        .to_str()
+                        .ok()
+                        .and_then(|text| text.parse::<hyper::http::uri::Authority>().ok())
+                        .is_some());
+            if valid {
+                Ok(())
+            } else {
+                Err("the Host header is not a valid host")
+            }
+        }
+    }
 }
 
 /// The request's host without port, lowercased, for routing.
@@ -177,6 +245,27 @@ mod tests {
         assert_eq!(names, vec!["x-kept"]);
     }
 
+    /// The fuzzer's find: a Connection value that is not all ASCII was skipped whole, so
+    /// the fields it named reached the target.
+    #[test]
+    fn fields_named_in_a_connection_value_with_obs_text_are_removed() {
+        let mut map = headers(&[("x-secret", "0"), ("x-kept", "yes")]);
+        map.append(
+            CONNECTION,
+            HeaderValue::from_bytes(b"keep-ali\xcde, x-secret").expect("obs-text is allowed"),
+        );
+        remove_hop_by_hop(&mut map, false);
+        let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+
+        let mut map = headers(&[("upgrade", "websocket")]);
+        map.append(
+            CONNECTION,
+            HeaderValue::from_bytes(b"\xff, Upgrade").expect("obs-text is allowed"),
+        );
+        assert!(is_upgrade(&map));
+    }
+
     #[test]
     fn upgrades_keep_their_two_fields() {
         let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
@@ -184,6 +273,29 @@ mod tests {
         remove_hop_by_hop(&mut map, true);
         assert_eq!(map.get(UPGRADE).expect("upgrade"), "websocket");
         assert_eq!(map.get(CONNECTION).expect("connection"), "upgrade");
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_field() {
+        let mut map = headers(&[
+            ("cookie", "a=1"),
+            ("x-other", "x"),
+            ("cookie", "session=v1.abc; b=2"),
+            ("cookie", "c=3"),
+        ]);
+        join_cookie_crumbs(&mut map);
+        let cookies: Vec<_> = map.get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; session=v1.abc; b=2; c=3"]);
+        assert_eq!(map.get("x-other").expect("kept"), "x");
+
+        let mut one = headers(&[("cookie", "a=1;b=2")]);
+        join_cookie_crumbs(&mut one);
+        let cookies: Vec<_> = one.get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1;b=2"], "a single field is left as it is");
+
+        let mut none = headers(&[("x-other", "x")]);
+        join_cookie_crumbs(&mut none);
+        assert!(none.get(COOKIE).is_none());
     }
 
     #[test]
@@ -195,7 +307,7 @@ mod tests {
         ]);
         add_forwarded(
             &mut map,
-            &ClientValues::new("127.0.0.1".parse().expect("ip"), 8080),
+            &ClientValues::new("127.0.0.1".parse().expect("ip"), 8080, false),
         );
         assert_eq!(
             map.get(&X_FORWARDED_FOR).expect("xff"),
@@ -218,10 +330,49 @@ mod tests {
         ]);
         add_forwarded(
             &mut map,
-            &ClientValues::new("127.0.0.1".parse().expect("ip"), 8080),
+            &ClientValues::new("127.0.0.1".parse().expect("ip"), 8080, false),
         );
         let values: Vec<_> = map.get_all(&X_FORWARDED_FOR).iter().collect();
         assert_eq!(values, ["203.0.113.9, 198.51.100.7, 192.0.2.1, 127.0.0.1"]);
+    }
+
+    #[test]
+    fn the_host_is_settled_once() {
+        use hyper::Version;
+        let origin: hyper::Uri = "/x".parse().expect("uri");
+        let absolute: hyper::Uri = "http://shop.example.com:8080/x".parse().expect("uri");
+        let mut map = headers(&[("host", "other.example.com")]);
+        settle_host(Version::HTTP_11, &absolute, &mut map).expect("absolute form");
+        let hosts: Vec<_> = map.get_all(HOST).iter().collect();
+        assert_eq!(hosts, ["shop.example.com:8080"]);
+
+        let mut map = headers(&[("host", "a.example.com"), ("host", "b.example.com")]);
+        assert!(settle_host(Version::HTTP_11, &origin, &mut map).is_err());
+        let mut map = headers(&[("host", "a.example.com"), ("host", "a.example.com")]);
+        assert!(settle_host(Version::HTTP_11, &origin, &mut map).is_err());
+        assert!(settle_host(Version::HTTP_11, &origin, &mut HeaderMap::new()).is_err());
+        assert!(settle_host(Version::HTTP_10, &origin, &mut HeaderMap::new()).is_ok());
+        for bad in ["user@evil.example.com", "a b", "a/b", "[::1"] {
+            let mut map = headers(&[("host", bad)]);
+            assert!(
+                settle_host(Version::HTTP_11, &origin, &mut map).is_err(),
+                "{bad}"
+            );
+        }
+        for good in [
+            "shop.example.com",
+            "shop.example.com:8080",
+            "[::1]:80",
+            "10.0.0.1",
+        ] {
+            let mut map = headers(&[("host", good)]);
+            assert!(
+                settle_host(Version::HTTP_11, &origin, &mut map).is_ok(),
+                "{good}"
+            );
+        }
+        let userinfo: hyper::Uri = "http://user@shop.example.com/".parse().expect("uri");
+        assert!(settle_host(Version::HTTP_11, &userinfo, &mut HeaderMap::new()).is_err());
     }
 
     #[test]

@@ -7,9 +7,11 @@ use super::locate::Locations;
 use super::policy::{self, HashOnSpec, PolicySpec, StickySessionsSpec};
 use crate::duration::serde_duration;
 use crate::model::{
-    AdminSettings, Balancing, DataplaneSettings, Frontend, HashOn, HostMatch, KernelHashing,
-    L4Protocol, Model, PathMatch, PodDelivery, ProxySettings, ProxyTimeouts, Route, SameSite,
-    Service, SessionCookie, Target, XdpMode, DEFAULT_MAX_HEADER_BYTES, DEFAULT_WEIGHT, MAX_WEIGHT,
+    AdminSettings, Balancing, CertificateFiles, DataplaneSettings, Frontend, HashOn, HostMatch,
+    Http2Settings, KernelHashing, L4Protocol, Model, PathMatch, PodDelivery, ProxySettings,
+    ProxyTimeouts, Route, SameSite, Service, SessionCookie, Target, TlsSettings, UpstreamProtocol,
+    XdpMode, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_WEIGHT, MAX_WEIGHT,
 };
 use serde::{de, Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashSet};
@@ -51,28 +53,90 @@ impl fmt::Display for ConfigError {
 pub struct Loaded {
     pub model: Model,
     pub warnings: Vec<String>,
+    /// `allowEmpty: true`: the file means to serve no routes or no services, so a reload that
+    /// removes all of them is intended (see [`refuses_emptying`]).
+    pub allow_empty: bool,
 }
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+    parse_bytes(&read(path)?, &path.display().to_string())
+}
+
+/// [`parse`] for a file's content as read: it must be UTF-8 text.
+pub fn parse_bytes(content: &[u8], file: &str) -> Result<Loaded, ConfigError> {
+    match std::str::from_utf8(content) {
+        Ok(text) => parse(text, file),
+        Err(error) => Err(ConfigError {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            field: String::new(),
+            message: format!("not UTF-8 text: {error}"),
+        }),
+    }
+}
+
+/// A configuration file's content; the error names the file.
+pub fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| ConfigError {
         file: path.display().to_string(),
         line: None,
         column: None,
         field: String::new(),
         message: format!("cannot read: {error}"),
+    })
+}
+
+/// Reads and validates the node-local file of `--kubernetes`, where `proxy.tls.certificates`
+/// may be empty (certificates come from the cluster's Secrets).
+pub fn load_node(path: &Path) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let content = read(path)?;
+    let text = std::str::from_utf8(&content).map_err(|error| ConfigError {
+        file: file.clone(),
+        line: None,
+        column: None,
+        field: String::new(),
+        message: format!("not UTF-8 text: {error}"),
     })?;
-    parse(&text, &path.display().to_string())
+    parse_with(text, &file, true)
+}
+
+/// [`load_node`] for text: the node-local file of `--kubernetes`.
+pub fn parse_node(text: &str, file: &str) -> Result<Loaded, ConfigError> {
+    parse_with(text, file, true)
 }
 
 /// Validates configuration text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
+    parse_with(text, file, false)
+}
+
+fn parse_with(
+    text: &str,
+    file: &str,
+    certificates_from_cluster: bool,
+) -> Result<Loaded, ConfigError> {
     // serde_path_to_error names the exact field even for errors raised by our own deserializers
     // (addresses, durations), where serde_yaml only names the enclosing mapping.
-    let raw: RawConfig = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
-        .map_err(|error| serde_error(error, file))?;
+    let raw: Option<RawConfig> =
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(|error| serde_error(error, text, file))?;
+    // An empty file is far more often a write caught halfway than a wish to serve nothing.
+    let Some(raw) = raw else {
+        return Err(ConfigError {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            field: String::new(),
+            message: "the file is empty (nothing but blanks and comments)".into(),
+        });
+    };
+    let allow_empty = raw.allow_empty;
     let mut validator = Validator {
         file,
+        certificates_from_cluster,
         locations: Locations::of(text),
         warnings: Vec::new(),
     };
@@ -80,10 +144,31 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
     Ok(Loaded {
         model,
         warnings: validator.warnings,
+        allow_empty,
     })
 }
 
-fn serde_error(error: serde_path_to_error::Error<serde_yaml::Error>, file: &str) -> ConfigError {
+/// Why a reload from `running` to `next` must be refused: it would remove every route or every
+/// service, which a truncated file does and an operator rarely means. `allowEmpty: true` in the
+/// new file says it is meant.
+pub fn refuses_emptying(running: &Model, next: &Loaded) -> Option<&'static str> {
+    if next.allow_empty {
+        return None;
+    }
+    if !running.routes.is_empty() && next.model.routes.is_empty() {
+        return Some("it removes every route (set allowEmpty: true if that is meant)");
+    }
+    if !running.services.is_empty() && next.model.services.is_empty() {
+        return Some("it removes every service (set allowEmpty: true if that is meant)");
+    }
+    None
+}
+
+fn serde_error(
+    error: serde_path_to_error::Error<serde_yaml::Error>,
+    text: &str,
+    file: &str,
+) -> ConfigError {
     let path = error.path().to_string();
     let error = error.into_inner();
     // serde_yaml's message reads "path: message at line L column C"; split it into fields.
@@ -98,10 +183,21 @@ fn serde_error(error: serde_path_to_error::Error<serde_yaml::Error>, file: &str)
     };
     // The full path when there is one ("." is the document itself).
     let field = if path == "." { field } else { path };
+    let (line, column, message) = match (location, super::locate::syntax_error(text)) {
+        (Some(location), _) => (Some(location.line()), Some(location.column()), message),
+        // serde_yaml lost the place (and sometimes the reason: a scanner error can come out
+        // as "more than one document"); the YAML parser says both.
+        (None, Some((position, why))) => (
+            Some(position.line),
+            Some(position.column),
+            format!("invalid YAML: {why}"),
+        ),
+        (None, None) => (None, None, message),
+    };
     ConfigError {
         file: file.to_string(),
-        line: location.as_ref().map(|l| l.line()),
-        column: location.as_ref().map(|l| l.column()),
+        line,
+        column,
         field,
         message,
     }
@@ -120,6 +216,8 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    allow_empty: bool,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +228,32 @@ struct RawProxy {
     #[serde(default)]
     timeouts: RawTimeouts,
     max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    http2: RawHttp2,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHttp2 {
+    max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTls {
+    #[serde(deserialize_with = "socket_address")]
+    listen: SocketAddr,
+    #[serde(default)]
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCertificate {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +265,8 @@ struct RawTimeouts {
     connect: Option<Duration>,
     #[serde(default, deserialize_with = "serde_duration::deserialize")]
     response: Option<Duration>,
+    #[serde(default, deserialize_with = "serde_duration::deserialize")]
+    client_idle: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -167,11 +293,13 @@ struct RawSessionKey {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawRoute {
     #[serde(rename = "match")]
     matches: RawMatch,
     service: String,
+    #[serde(default)]
+    allow_connect: bool,
 }
 
 #[derive(Deserialize)]
@@ -284,11 +412,22 @@ fn optional_socket_address<'de, D: Deserializer<'de>>(
 
 struct Validator<'a> {
     file: &'a str,
+    /// `--kubernetes`: certificates may all come from the cluster, so `proxy.tls.certificates`
+    /// may be empty.
+    certificates_from_cluster: bool,
     locations: Locations,
     warnings: Vec<String>,
 }
 
 impl Validator<'_> {
+    /// A path from the file, relative to the file's directory unless absolute.
+    fn beside_file(&self, path: PathBuf) -> PathBuf {
+        match Path::new(self.file).parent() {
+            Some(directory) if path.is_relative() => directory.join(path),
+            _ => path,
+        }
+    }
+
     fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let field = field.into();
         let position = self.locations.find(&field);
@@ -303,6 +442,18 @@ impl Validator<'_> {
 
     fn model(&mut self, raw: RawConfig) -> Result<Model, ConfigError> {
         let proxy = raw.proxy.map(|proxy| ProxySettings {
+            tls: proxy.tls.map(|tls| TlsSettings {
+                listen: tls.listen,
+                certificates: tls
+                    .certificates
+                    .into_iter()
+                    .map(|certificate| CertificateFiles {
+                        cert_file: self.beside_file(certificate.cert_file),
+                        key_file: self.beside_file(certificate.key_file),
+                    })
+                    .collect(),
+                cluster: Vec::new(),
+            }),
             listen: proxy.listen,
             timeouts: ProxyTimeouts {
                 header_read: proxy
@@ -317,18 +468,54 @@ impl Validator<'_> {
                     .timeouts
                     .response
                     .unwrap_or(ProxyTimeouts::default().response),
+                client_idle: proxy
+                    .timeouts
+                    .client_idle
+                    .unwrap_or(ProxyTimeouts::default().client_idle),
             },
             max_header_bytes: proxy.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+            max_connections: proxy.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            http2: Http2Settings {
+                max_concurrent_streams: proxy
+                    .http2
+                    .max_concurrent_streams
+                    .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
+            },
         });
         if let Some(proxy) = &proxy {
             // hyper cannot buffer less than 8 KiB; a smaller limit would silently not apply.
             if !(8192..=1024 * 1024).contains(&proxy.max_header_bytes) {
                 return Err(self.error("proxy.maxHeaderBytes", "must be between 8192 and 1048576"));
             }
+            if proxy.max_connections == 0 {
+                return Err(self.error("proxy.maxConnections", "must be above 0"));
+            }
+            if !(1..=10_000).contains(&proxy.http2.max_concurrent_streams) {
+                return Err(self.error(
+                    "proxy.http2.maxConcurrentStreams",
+                    "must be between 1 and 10000",
+                ));
+            }
+            if let Some(tls) = &proxy.tls {
+                // Port 0 asks the kernel for a free port: two of them never collide.
+                if tls.listen == proxy.listen && tls.listen.port() != 0 {
+                    return Err(self.error(
+                        "proxy.tls.listen",
+                        format!("{} is already proxy.listen", tls.listen),
+                    ));
+                }
+                if tls.certificates.is_empty() && !self.certificates_from_cluster {
+                    return Err(self.error(
+                        "proxy.tls.certificates",
+                        "needs at least one certificate ({certFile, keyFile})",
+                    ));
+                }
+            }
             for (name, value) in [
                 ("headerRead", proxy.timeouts.header_read),
                 ("connect", proxy.timeouts.connect),
                 ("response", proxy.timeouts.response),
+                ("clientIdle", proxy.timeouts.client_idle),
             ] {
                 if value.is_zero() {
                     return Err(self.error(format!("proxy.timeouts.{name}"), "must be above 0"));
@@ -339,6 +526,14 @@ impl Validator<'_> {
             listen: admin.listen,
         });
         if let (Some(proxy), Some(admin)) = (&proxy, &admin) {
+            if proxy.tls.as_ref().map(|tls| tls.listen) == Some(admin.listen)
+                && admin.listen.port() != 0
+            {
+                return Err(self.error(
+                    "admin.listen",
+                    format!("{} is already proxy.tls.listen", admin.listen),
+                ));
+            }
             if proxy.listen == admin.listen {
                 return Err(self.error(
                     "admin.listen",
@@ -430,6 +625,9 @@ impl Validator<'_> {
             host,
             path,
             service: raw.service,
+            allow_connect: raw.allow_connect,
+            plaintext: crate::model::Plaintext::Serve,
+            over_tls: true,
         })
     }
 
@@ -497,11 +695,19 @@ impl Validator<'_> {
             None => Balancing::RoundRobin,
             Some(policy) => self.policy(&format!("{at}.policy"), policy)?,
         };
+        let mut upstream = UpstreamProtocol::Http1;
         let frontend = match raw.listen {
             None => {
-                if raw.protocol.is_some() {
-                    return Err(self.error(format!("{at}.protocol"), "needs listen (a VIP:port)"));
-                }
+                upstream = match raw.protocol.as_deref() {
+                    None | Some("http") => UpstreamProtocol::Http1,
+                    Some("h2c") => UpstreamProtocol::H2c,
+                    Some(other) => {
+                        return Err(self.error(
+                            format!("{at}.protocol"),
+                            format!("{other:?}: expected http or h2c for a proxied service (tcp and udp need listen, a VIP:port)"),
+                        ))
+                    }
+                };
                 None
             }
             Some(listen) => {
@@ -544,6 +750,7 @@ impl Validator<'_> {
             balancing,
             frontend,
             targets,
+            upstream,
         })
     }
 
@@ -707,6 +914,96 @@ services:
 
     fn error(yaml: &str) -> ConfigError {
         parse(yaml, "t.yaml").expect_err("must be rejected")
+    }
+
+    #[test]
+    fn http2_settings_and_h2c_services() {
+        let model = parse(L7, "t.yaml").expect("valid").model;
+        let proxy = model.proxy.expect("proxy");
+        assert_eq!(proxy.http2.max_concurrent_streams, 100);
+        assert_eq!(model.services["echo"].upstream, UpstreamProtocol::Http1);
+        let yaml = L7
+            .replace(
+                "  listen: 127.0.0.1:8080\n",
+                "  listen: 127.0.0.1:8080\n  http2: {maxConcurrentStreams: 7}\n",
+            )
+            .replace("  echo:\n", "  echo:\n    protocol: h2c\n");
+        let model = parse(&yaml, "t.yaml").expect("valid").model;
+        assert_eq!(model.proxy.expect("proxy").http2.max_concurrent_streams, 7);
+        assert_eq!(model.services["echo"].upstream, UpstreamProtocol::H2c);
+        let zero = L7.replace(
+            "  listen: 127.0.0.1:8080\n",
+            "  listen: 127.0.0.1:8080\n  http2: {maxConcurrentStreams: 0}\n",
+        );
+        assert_eq!(error(&zero).field, "proxy.http2.maxConcurrentStreams");
+        let unknown = L7.replace("  echo:\n", "  echo:\n    protocol: h3\n");
+        assert_eq!(error(&unknown).field, "services.echo.protocol");
+        let kernel = L4.replace("protocol: tcp", "protocol: h2c");
+        assert_eq!(error(&kernel).field, "services.web.protocol");
+    }
+
+    #[test]
+    fn tls_listener_certificates_resolve_beside_the_file() {
+        let yaml = r#"proxy:
+  listen: 127.0.0.1:8080
+  tls:
+    listen: 127.0.0.1:8443
+    certificates:
+      - {certFile: a.pem, keyFile: /etc/tether/a.key}
+"#;
+        let model = parse(yaml, "/etc/tether/conf/tether.yaml")
+            .expect("valid")
+            .model;
+        let tls = model.proxy.and_then(|proxy| proxy.tls).expect("tls");
+        assert_eq!(tls.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(
+            tls.certificates,
+            [CertificateFiles {
+                cert_file: "/etc/tether/conf/a.pem".into(),
+                key_file: "/etc/tether/a.key".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn tls_listener_mistakes_are_named() {
+        let base = "proxy:\n  listen: 127.0.0.1:8080\n  tls:\n";
+        for (tls, field, message) in [
+            (
+                "    listen: 127.0.0.1:8443\n",
+                "proxy.tls.certificates",
+                "at least one",
+            ),
+            (
+                "    listen: 127.0.0.1:8080\n    certificates: [{certFile: a, keyFile: b}]\n",
+                "proxy.tls.listen",
+                "already proxy.listen",
+            ),
+            (
+                "    listen: 127.0.0.1:8443\n    certificates: [{certFile: a}]\n",
+                "proxy.tls.certificates[0]",
+                "missing field `keyFile`",
+            ),
+        ] {
+            let error = error(&format!("{base}{tls}"));
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.message.contains(message), "{error}");
+            assert!(error.line.is_some(), "{error}");
+        }
+        let error = error(
+            "proxy:\n  listen: 127.0.0.1:8080\n  tls:\n    listen: 127.0.0.1:9000\n    certificates: [{certFile: a, keyFile: b}]\nadmin:\n  listen: 127.0.0.1:9000\n",
+        );
+        assert_eq!(error.field, "admin.listen", "{error}");
+    }
+
+    #[test]
+    fn syntax_errors_serde_yaml_cannot_place_are_placed() {
+        // Found by the config_yaml fuzz target: serde_yaml said "more than one document", with
+        // no location.
+        let text = format!("&yyyy,,,,,,,{}p241", "y".repeat(39));
+        let error = parse(&text, "tether.yaml").expect_err("not a configuration");
+        assert!(error.line.is_some(), "{error:?}");
+        assert!(!error.message.contains("more than one document"), "{error}");
     }
 
     #[test]

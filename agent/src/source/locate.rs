@@ -17,6 +17,21 @@ pub struct Locations {
     positions: HashMap<String, Position>,
 }
 
+/// Where and why a YAML parser rejects `text`, if it does: for errors serde_yaml reports
+/// without a location (or with a misleading message).
+pub fn syntax_error(text: &str) -> Option<(Position, String)> {
+    let mut walker = Walker::default();
+    let error = Parser::new_from_str(text).load(&mut walker, true).err()?;
+    let marker = error.marker();
+    Some((
+        Position {
+            line: marker.line(),
+            column: marker.col() + 1,
+        },
+        error.info().to_string(),
+    ))
+}
+
 impl Locations {
     pub fn of(text: &str) -> Self {
         let mut walker = Walker::default();

@@ -1,9 +1,11 @@
 //! Where models come from. A source builds a [`crate::model::Model`] and knows nothing of the
-//! proxy or the maps.
+//! proxy or the maps; the two sources, [`standalone::FileSource`] and
+//! [`kube::cluster::ClusterSource`], implement [`crate::runtime::ModelSource`].
 pub mod file;
 pub mod kube;
 pub mod locate;
 pub mod policy;
+pub mod standalone;
 pub mod watch;
 
 use crate::model::{HostMatch, PathMatch};

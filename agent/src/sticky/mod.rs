@@ -1,4 +1,5 @@
-//! Session stickiness: the cookie codec, its Set-Cookie rendering, and target selection.
+//! Session stickiness: the cookie codec, the pin decision, and the cookie's Set-Cookie header.
+//! Which target a new session gets is balancing's (`crate::balance`).
 pub mod cookie;
-pub mod select;
+pub mod pin;
 pub mod set_cookie;

@@ -43,6 +43,11 @@ impl CookieTemplate {
         &self.name
     }
 
+    /// Whether [`Self::header`] reads the user agent: only for conditional `SameSite=None`.
+    pub fn reads_user_agent(&self) -> bool {
+        self.same_site == Some(SameSite::None) && self.conditional_same_site_none
+    }
+
     /// The header for `value`. `user_agent` matters only for conditional `SameSite=None`.
     pub fn header(&self, value: &str, user_agent: Option<&[u8]>, now: SystemTime) -> HeaderValue {
         let mut header =

@@ -79,7 +79,7 @@ impl Reporter {
                         debug!(event = %name, "event already posted");
                     }
                     Err(error) => {
-                        debug!(event = %name, %error, "cannot post the event; retried with the next model");
+                        debug!(event = %name, error = %crate::report::Chain(&error), "cannot post the event; retried with the next model");
                         if let Ok(mut posted) = posted.lock() {
                             posted.remove(&name);
                         }

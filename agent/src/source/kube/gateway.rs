@@ -7,8 +7,9 @@
 //!   `Max-Age` to it.
 //! - `absoluteTimeout` and `idleTimeout` are enforced by tether from the signed cookie itself
 //!   (issued-at and last-use times inside it), whatever the lifetime type.
-//! - Attributes: HttpOnly and SameSite=Strict, as the GEP recommends. Not Secure: tether's
-//!   listener is plain HTTP, and browsers drop Secure cookies set over plain HTTP.
+//! - Attributes: HttpOnly and SameSite=Strict, as the GEP recommends. Secure only when the
+//!   route is served through HTTPS listeners only (set by the translation, which knows the
+//!   listeners): browsers drop Secure cookies set over plain HTTP.
 //! - Path: `cookie.path`, else the common prefix of the rule's path matches.
 use super::resources::SessionPersistence;
 use crate::duration;

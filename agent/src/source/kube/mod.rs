@@ -2,9 +2,10 @@
 //! KongUpstreamPolicies build the model's routes and services (see [`translate`]).
 //!
 //! - Each resource has a kube-rs watcher (list, then watch from the list's resourceVersion,
-//!   with bookmarks). Errors back off exponentially (0.8 s doubling to 30 s, client-go's
-//!   parameters); a 410 Gone makes the watcher list again, and [`store`] keeps the previous
-//!   complete list until the new one is complete, so a relist never drops a target.
+//!   with bookmarks). Errors back off (0.1 s doubling, at most about 1 s apart: [`watch`]);
+//!   a 410 Gone makes the watcher list again after the first delay only, and [`store`] keeps
+//!   the previous complete list until the new one is complete, so a relist never drops a
+//!   target.
 //! - Nothing is built until every watched resource has been listed once. A resource whose
 //!   CRD is not installed (404) counts as an empty list, and its watcher keeps retrying, so
 //!   installing the CRD later is picked up.
@@ -17,16 +18,20 @@
 //!   not applied; the dataplane writes only what differs.
 //! - When the API server is lost the last model keeps serving; the watchers resume from their
 //!   resourceVersions (or relist on 410) when it is back.
+pub mod cluster;
 pub mod events;
 pub mod gateway;
+pub mod gateways;
 pub mod nginx;
 pub mod resources;
 pub mod secret;
+pub mod status;
 pub mod store;
+pub mod tls;
 pub mod translate;
 
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use futures_util::{future, stream, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::watcher::{self, watcher};
@@ -37,7 +42,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use resources::{HttpRoute, KongUpstreamPolicy};
+use resources::{Gateway, GatewayClass, HttpRoute, KongUpstreamPolicy, ReferenceGrant};
 use std::path::PathBuf;
 use std::time::Duration;
 use store::{Cluster, Kind, Update};
@@ -51,6 +56,65 @@ use translate::{Dialects, Settings, Translated};
 pub const QUIET: Duration = Duration::from_millis(20);
 /// A model is built at the latest this long after the first change of a burst.
 pub const MAX_DELAY: Duration = Duration::from_millis(250);
+/// A watcher's first retry after an error waits this long (plus jitter); see [`watch_backoff`].
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// A watcher's retries wait at most this long plus jitter (which adds up to as much again).
+pub const RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// How every watcher (the model's and the cookie Secret's) waits between failed tries: from
+/// [`RETRY_FIRST`] doubling to [`RETRY_MAX`], each delay plus a random share of itself (so
+/// 0.5–1 s apart at the most, and agents do not retry in step), forever; any event resets it
+/// (kube's `StreamBackoff` resets on every success). The cap bounds how long an API server's
+/// return goes unnoticed: kube's default (client-go's 0.8 s doubling to 30 s) left a pod
+/// removed during a 4 s outage pinned for up to 14 s after it.
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
+/// A watcher with [`watch_backoff`] between failed tries. A 410 Gone is a live API server's
+/// answer, not a failure: it starts the delays over, so the relist it asks for waits the
+/// first delay, not one grown through the outage before it (which would double the time to
+/// notice the API server's return). The first delay still spaces a server that answers
+/// every watch with 410.
+pub fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    /// What the backoff sees: an event, or a marker that only resets it.
+    enum Step<K> {
+        Event(watcher::Event<K>),
+        Answered,
+    }
+    watcher(api, config)
+        .flat_map(|item| {
+            let (reset, item) = match item {
+                Ok(event) => (None, Ok(Step::Event(event))),
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => (
+                    Some(Ok(Step::Answered)),
+                    Err(watcher::Error::WatchError(status)),
+                ),
+                Err(error) => (None, Err(error)),
+            };
+            stream::iter(reset.into_iter().chain([item]))
+        })
+        .backoff(watch_backoff())
+        .filter_map(|item| {
+            future::ready(match item {
+                Ok(Step::Event(event)) => Some(Ok(event)),
+                Ok(Step::Answered) => None,
+                Err(error) => Some(Err(error)),
+            })
+        })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,8 +141,12 @@ pub struct Options {
     /// `--cookie-secret NAMESPACE/NAME`.
     pub cookie_secret: Option<(String, String)>,
     pub settings: Settings,
-    /// This agent in Events' reportingInstance (the node name in a DaemonSet).
+    /// This agent in Events' reportingInstance (the node name in a DaemonSet), and in the
+    /// status Lease.
     pub instance: String,
+    /// `--status-lease NAMESPACE/NAME`: the Lease whose holder writes Gateway API status;
+    /// default: `tether-status` in the cookie Secret's namespace.
+    pub status_lease: Option<(String, String)>,
 }
 
 /// A kube client from `--kubeconfig`, else `KUBECONFIG` or `~/.kube/config`, else the pod's
@@ -201,9 +269,42 @@ impl Source {
             kinds.push(Kind::KongUpstreamPolicies);
             spawn_watch::<KongUpstreamPolicy>(
                 client,
-                sender,
+                sender.clone(),
                 Update::KongUpstreamPolicies,
                 Kind::KongUpstreamPolicies,
+            );
+        }
+        if settings.dialects.gateway_api {
+            kinds.extend([
+                Kind::GatewayClasses,
+                Kind::Gateways,
+                Kind::ReferenceGrants,
+                Kind::Namespaces,
+            ]);
+            spawn_watch::<GatewayClass>(
+                client,
+                sender.clone(),
+                Update::GatewayClasses,
+                Kind::GatewayClasses,
+            );
+            spawn_watch::<Gateway>(client, sender.clone(), Update::Gateways, Kind::Gateways);
+            spawn_watch::<ReferenceGrant>(
+                client,
+                sender.clone(),
+                Update::ReferenceGrants,
+                Kind::ReferenceGrants,
+            );
+            spawn_watch::<Namespace>(client, sender.clone(), Update::Namespaces, Kind::Namespaces);
+        }
+        if settings.tls && (settings.dialects.ingresses() || settings.dialects.gateway_api) {
+            // Only TLS Secrets: the others are none of tether's business.
+            kinds.push(Kind::Secrets);
+            spawn_watch_with::<Secret>(
+                client,
+                sender,
+                Update::Secrets,
+                Kind::Secrets,
+                watcher::Config::default().fields(&format!("type={}", tls::TLS_SECRET_TYPE)),
             );
         }
         info!(
@@ -286,6 +387,11 @@ impl Source {
         }
     }
 
+    /// The complete lists the last model was made from.
+    pub fn snapshot(&self) -> &translate::Snapshot {
+        self.cluster.snapshot()
+    }
+
     fn translate(&self) -> Translated {
         translate::translate(self.cluster.snapshot(), &self.settings)
     }
@@ -336,7 +442,7 @@ impl Source {
                         return false;
                     }
                 }
-                warn!(resource = kind.as_str(), %error, "watch failed; the running model keeps serving, retrying with backoff");
+                warn!(resource = kind.as_str(), error = %crate::report::Chain(&error), "watch failed; the running model keeps serving, retrying with backoff");
                 false
             }
         }
@@ -356,11 +462,26 @@ fn spawn_watch<K>(
         + Send
         + 'static,
 {
+    spawn_watch_with(client, sender, wrap, kind, watcher::Config::default());
+}
+
+fn spawn_watch_with<K>(
+    client: &Client,
+    sender: mpsc::UnboundedSender<Message>,
+    wrap: fn(watcher::Event<K>) -> Update,
+    kind: Kind,
+    config: watcher::Config,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
     let api: Api<K> = Api::all(client.clone());
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut events = watch(api, config).boxed();
         while let Some(event) = events.next().await {
             let message = match event {
                 Ok(event) => Message::Update(Box::new(wrap(event.modify(|object| {
@@ -423,6 +544,18 @@ pub fn parse_secret(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_retries_start_soon_and_stay_within_a_second() {
+        let delays: Vec<Duration> = watch_backoff().take(50).collect();
+        assert_eq!(delays.len(), 50, "the watchers retry forever");
+        assert!(delays[0] >= RETRY_FIRST && delays[0] < 2 * RETRY_FIRST);
+        assert!(delays.iter().all(|d| *d < 2 * RETRY_MAX), "{delays:?}");
+        assert!(delays[10..].iter().all(|d| *d >= RETRY_MAX), "{delays:?}");
+        // Jittered: agents that failed together do not retry together.
+        let other: Vec<Duration> = watch_backoff().take(50).collect();
+        assert_ne!(delays, other);
+    }
 
     #[test]
     fn flags() {

@@ -16,6 +16,8 @@
 //! | `session-cookie-change-on-failure` | default false: a retry on another pod after the pinned one failed keeps the cookie |
 //!
 //! HttpOnly is always set, as ingress-nginx does.
+//!
+//! `backend-protocol: GRPC` makes the Ingress's Services h2c (HTTP/2 with prior knowledge).
 use crate::model::{SameSite, SessionCookie};
 use crate::source::policy;
 use std::collections::BTreeMap;
@@ -41,6 +43,11 @@ fn annotation<'a>(annotations: &'a BTreeMap<String, String>, name: &str) -> Opti
 pub fn uses_regex(annotations: &BTreeMap<String, String>) -> bool {
     annotation(annotations, "use-regex").and_then(parse_bool) == Some(true)
         || annotation(annotations, "rewrite-target").is_some()
+}
+
+/// `backend-protocol: GRPC`: the backends speak HTTP/2 over cleartext.
+pub fn grpc_backend(annotations: &BTreeMap<String, String>) -> bool {
+    annotation(annotations, "backend-protocol").is_some_and(|v| v.eq_ignore_ascii_case("GRPC"))
 }
 
 /// Go's strconv.ParseBool, which ingress-nginx uses for its boolean annotations.

@@ -4,16 +4,18 @@
 //! everything else is ignored, so newer versions of either CRD still parse.
 use crate::source::policy::PolicySpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::NamespaceResourceScope;
+use kube::core::{ClusterResourceScope, NamespaceResourceScope};
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-macro_rules! namespaced_resource {
-    ($type:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
+/// `impl Resource` for a typed custom resource; `$scope` is `NamespaceResourceScope` or
+/// `ClusterResourceScope`.
+macro_rules! resource {
+    ($type:ty, $scope:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
         impl Resource for $type {
             type DynamicType = ();
-            type Scope = NamespaceResourceScope;
+            type Scope = $scope;
 
             fn kind(_: &()) -> Cow<'_, str> {
                 Cow::Borrowed($kind)
@@ -40,6 +42,190 @@ macro_rules! namespaced_resource {
     };
 }
 
+macro_rules! namespaced_resource {
+    ($type:ty, $($rest:literal),+) => {
+        resource!($type, NamespaceResourceScope, $($rest),+);
+    };
+}
+
+macro_rules! cluster_resource {
+    ($type:ty, $($rest:literal),+) => {
+        resource!($type, ClusterResourceScope, $($rest),+);
+    };
+}
+
+/// gateway.networking.k8s.io/v1 GatewayClass.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct GatewayClass {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: GatewayClassSpec,
+    /// As written by controllers (tether writes its part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+cluster_resource!(
+    GatewayClass,
+    "GatewayClass",
+    "gateway.networking.k8s.io",
+    "v1",
+    "gatewayclasses"
+);
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassSpec {
+    #[serde(default)]
+    pub controller_name: String,
+}
+
+/// gateway.networking.k8s.io/v1 Gateway.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Gateway {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: GatewaySpec,
+    /// As written by controllers (tether writes its part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+namespaced_resource!(
+    Gateway,
+    "Gateway",
+    "gateway.networking.k8s.io",
+    "v1",
+    "gateways"
+);
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub gateway_class_name: String,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub port: i32,
+    /// HTTP, HTTPS, TLS, TCP, UDP.
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// Terminate (the default) or Passthrough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub certificate_refs: Vec<ObjectReference>,
+}
+
+/// A reference to an object of any group and kind (certificateRefs, ReferenceGrant targets).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<RouteNamespaces>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<RouteGroupKind>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    /// Same (the default), All or Selector.
+    #[serde(default, rename = "from", skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub kind: String,
+}
+
+/// gateway.networking.k8s.io/v1beta1 ReferenceGrant.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct ReferenceGrant {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ReferenceGrantSpec,
+}
+
+namespaced_resource!(
+    ReferenceGrant,
+    "ReferenceGrant",
+    "gateway.networking.k8s.io",
+    "v1beta1",
+    "referencegrants"
+);
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    #[serde(default)]
+    pub from: Vec<GrantFrom>,
+    #[serde(default)]
+    pub to: Vec<GrantTo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantFrom {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantTo {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 /// configuration.konghq.com/v1beta1 KongUpstreamPolicy.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct KongUpstreamPolicy {
@@ -64,6 +250,9 @@ pub struct HttpRoute {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: HttpRouteSpec,
+    /// As written by controllers (tether writes its part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 namespaced_resource!(
@@ -77,10 +266,30 @@ namespaced_resource!(
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_refs: Vec<ParentReference>,
     #[serde(default)]
     pub hostnames: Vec<String>,
     #[serde(default)]
     pub rules: Vec<HttpRouteRule>,
+}
+
+/// An HTTPRoute's parent: a Gateway (the default kind), one of its listeners by `sectionName`
+/// or `port`, or all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

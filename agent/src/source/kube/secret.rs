@@ -8,13 +8,12 @@
 //! that start later agree with those running); changed, it is logged, and the running agent
 //! keeps its key until restarted (cookies signed with either key stay valid on the agents
 //! holding that key).
-use super::Error;
+use super::{watch, Error};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::PostParams;
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
@@ -126,7 +125,7 @@ pub async fn guard(client: Client, namespace: String, name: String, in_use: Vec<
     use futures_util::StreamExt;
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api.clone(), config).default_backoff().boxed();
+    let mut events = watch(api.clone(), config).boxed();
     let mut listed: Option<bool> = None;
     while let Some(event) = events.next().await {
         let put_back = match event {
@@ -147,7 +146,7 @@ pub async fn guard(client: Client, namespace: String, name: String, in_use: Vec<
             Ok(watcher::Event::InitDone) => listed.take() == Some(false),
             Ok(watcher::Event::Delete(_)) => true,
             Err(error) => {
-                warn!(%error, secret = %format!("{namespace}/{name}"), "watching the cookie key Secret");
+                warn!(error = %crate::report::Chain(&error), secret = %format!("{namespace}/{name}"), "watching the cookie key Secret");
                 false
             }
         };
@@ -163,7 +162,9 @@ pub async fn guard(client: Client, namespace: String, name: String, in_use: Vec<
                     info!(secret = %format!("{namespace}/{name}"), "the cookie key Secret was deleted: put back with the key in use")
                 }
                 Err(error) if is_status(&error, 409) => {}
-                Err(error) => warn!(%error, "cannot put back the cookie key Secret"),
+                Err(error) => {
+                    warn!(error = %crate::report::Chain(&error), "cannot put back the cookie key Secret")
+                }
             }
         }
     }

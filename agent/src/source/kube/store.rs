@@ -4,9 +4,9 @@
 //! The objects of a (re)list are buffered and replace the previous ones only at `InitDone`, so
 //! a relist (after a 410 Gone, say) never shows a partial list: no target disappears while the
 //! list is read, and a model is only ever built from complete lists.
-use super::resources::{HttpRoute, KongUpstreamPolicy};
+use super::resources::{Gateway, GatewayClass, HttpRoute, KongUpstreamPolicy, ReferenceGrant};
 use super::translate::{Key, Snapshot};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::watcher::Event;
@@ -21,6 +21,12 @@ pub enum Kind {
     Ingresses,
     HttpRoutes,
     KongUpstreamPolicies,
+    /// `kubernetes.io/tls` Secrets, for the TLS listener's certificates.
+    Secrets,
+    GatewayClasses,
+    Gateways,
+    ReferenceGrants,
+    Namespaces,
 }
 
 impl Kind {
@@ -31,12 +37,24 @@ impl Kind {
             Kind::Ingresses => "ingresses",
             Kind::HttpRoutes => "httproutes",
             Kind::KongUpstreamPolicies => "kongupstreampolicies",
+            Kind::Secrets => "secrets",
+            Kind::GatewayClasses => "gatewayclasses",
+            Kind::Gateways => "gateways",
+            Kind::ReferenceGrants => "referencegrants",
+            Kind::Namespaces => "namespaces",
         }
     }
 
     /// Served by a CustomResourceDefinition that a cluster may not have.
     pub fn is_custom(self) -> bool {
-        matches!(self, Kind::HttpRoutes | Kind::KongUpstreamPolicies)
+        matches!(
+            self,
+            Kind::HttpRoutes
+                | Kind::KongUpstreamPolicies
+                | Kind::GatewayClasses
+                | Kind::Gateways
+                | Kind::ReferenceGrants
+        )
     }
 }
 
@@ -47,6 +65,11 @@ pub enum Update {
     Ingresses(Event<Ingress>),
     HttpRoutes(Event<HttpRoute>),
     KongUpstreamPolicies(Event<KongUpstreamPolicy>),
+    Secrets(Event<Secret>),
+    GatewayClasses(Event<GatewayClass>),
+    Gateways(Event<Gateway>),
+    ReferenceGrants(Event<ReferenceGrant>),
+    Namespaces(Event<Namespace>),
 }
 
 impl Update {
@@ -57,6 +80,11 @@ impl Update {
             Update::Ingresses(_) => Kind::Ingresses,
             Update::HttpRoutes(_) => Kind::HttpRoutes,
             Update::KongUpstreamPolicies(_) => Kind::KongUpstreamPolicies,
+            Update::Secrets(_) => Kind::Secrets,
+            Update::GatewayClasses(_) => Kind::GatewayClasses,
+            Update::Gateways(_) => Kind::Gateways,
+            Update::ReferenceGrants(_) => Kind::ReferenceGrants,
+            Update::Namespaces(_) => Kind::Namespaces,
         }
     }
 
@@ -68,6 +96,11 @@ impl Update {
                 | Update::Ingresses(Event::Init)
                 | Update::HttpRoutes(Event::Init)
                 | Update::KongUpstreamPolicies(Event::Init)
+                | Update::Secrets(Event::Init)
+                | Update::GatewayClasses(Event::Init)
+                | Update::Gateways(Event::Init)
+                | Update::ReferenceGrants(Event::Init)
+                | Update::Namespaces(Event::Init)
         )
     }
 }
@@ -79,6 +112,11 @@ struct Buffers {
     ingresses: Option<BTreeMap<Key, Ingress>>,
     http_routes: Option<BTreeMap<Key, HttpRoute>>,
     policies: Option<BTreeMap<Key, KongUpstreamPolicy>>,
+    secrets: Option<BTreeMap<Key, Secret>>,
+    gateway_classes: Option<BTreeMap<Key, GatewayClass>>,
+    gateways: Option<BTreeMap<Key, Gateway>>,
+    reference_grants: Option<BTreeMap<Key, ReferenceGrant>>,
+    namespaces: Option<BTreeMap<Key, Namespace>>,
 }
 
 /// The complete lists, plus the lists being read.
@@ -159,6 +197,30 @@ impl Cluster {
             Update::KongUpstreamPolicies(event) => {
                 apply(&mut snapshot.policies, &mut buffers.policies, synced, event)
             }
+            Update::Secrets(event) => {
+                apply(&mut snapshot.secrets, &mut buffers.secrets, synced, event)
+            }
+            Update::GatewayClasses(event) => apply(
+                &mut snapshot.gateway_classes,
+                &mut buffers.gateway_classes,
+                synced,
+                event,
+            ),
+            Update::Gateways(event) => {
+                apply(&mut snapshot.gateways, &mut buffers.gateways, synced, event)
+            }
+            Update::ReferenceGrants(event) => apply(
+                &mut snapshot.reference_grants,
+                &mut buffers.reference_grants,
+                synced,
+                event,
+            ),
+            Update::Namespaces(event) => apply(
+                &mut snapshot.namespaces,
+                &mut buffers.namespaces,
+                synced,
+                event,
+            ),
         }
     }
 }

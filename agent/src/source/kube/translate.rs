@@ -16,14 +16,16 @@
 //! that is invalid is reported and skipped (the next tier applies). Sources that disagree are
 //! a conflict: the loser is reported on itself and on the Service.
 use super::gateway;
+use super::gateways::{self, Gateways, Statuses};
 use super::nginx;
-use super::resources::{HttpRoute, KongUpstreamPolicy};
+use super::resources::{Gateway, GatewayClass, HttpRoute, KongUpstreamPolicy, ReferenceGrant};
+use super::tls::{self as cluster_tls, Schemes};
 use crate::model::{
-    Balancing, Frontend, HashOn, HostMatch, KernelHashing, L4Protocol, PathMatch, Route, Service,
-    Target, TargetState, DEFAULT_WEIGHT, MAX_WEIGHT,
+    Balancing, Frontend, HashOn, HostMatch, KernelHashing, L4Protocol, PathMatch, PemCertificate,
+    Plaintext, Route, Service, Target, TargetState, UpstreamProtocol, DEFAULT_WEIGHT, MAX_WEIGHT,
 };
 use crate::source::{host_match, policy, prefix_match};
-use k8s_openapi::api::core::v1::{Service as KubeService, ServicePort};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service as KubeService, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -48,6 +50,14 @@ pub struct Snapshot {
     pub ingresses: BTreeMap<Key, Ingress>,
     pub http_routes: BTreeMap<Key, HttpRoute>,
     pub policies: BTreeMap<Key, KongUpstreamPolicy>,
+    /// `kubernetes.io/tls` Secrets (watched only when the node has a TLS listener).
+    pub secrets: BTreeMap<Key, Secret>,
+    /// Keyed ("", name).
+    pub gateway_classes: BTreeMap<Key, GatewayClass>,
+    pub gateways: BTreeMap<Key, Gateway>,
+    pub reference_grants: BTreeMap<Key, ReferenceGrant>,
+    /// Keyed ("", name): their labels, for listeners' `allowedRoutes.namespaces.selector`.
+    pub namespaces: BTreeMap<Key, Namespace>,
 }
 
 /// Which configuration dialects are read.
@@ -89,6 +99,12 @@ pub struct Settings {
     pub kernel: bool,
     /// This node's address, for NodePort frontends.
     pub node_ip: Option<IpAddr>,
+    /// The node has a TLS listener (`proxy.tls`): Ingress `spec.tls` Secrets become its
+    /// certificates, and ingress-nginx's ssl-redirect applies to their hosts.
+    pub tls: bool,
+    /// `--gateway-class`: GatewayClasses that are tether's by name, besides those whose
+    /// controllerName is tether's.
+    pub gateway_classes: Vec<String>,
 }
 
 /// The object an Event is about.
@@ -153,7 +169,12 @@ pub struct Finding {
 pub struct Translated {
     pub routes: Vec<Route>,
     pub services: BTreeMap<String, Service>,
+    /// For the TLS listener, in Secret order (namespace/name).
+    pub certificates: Vec<PemCertificate>,
     pub findings: BTreeSet<Finding>,
+    /// The status tether's GatewayClasses, Gateways and the HTTPRoutes attached to them should
+    /// have.
+    pub statuses: Statuses,
 }
 
 pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Translated {
@@ -179,8 +200,19 @@ pub fn translate(snapshot: &Snapshot, settings: &Settings) -> Translated {
         uses: BTreeMap::new(),
         rule_services: Vec::new(),
         routes: Vec::new(),
+        tls_hosts: BTreeSet::new(),
+        certificates: BTreeMap::new(),
+        gateways: settings
+            .dialects
+            .gateway_api
+            .then(|| Gateways::build(snapshot, &settings.gateway_classes, settings.tls)),
     };
     if settings.dialects.ingresses() {
+        if settings.tls {
+            for ingress in snapshot.ingresses.values() {
+                translator.ingress_tls(ingress);
+            }
+        }
         for ingress in snapshot.ingresses.values() {
             translator.ingress(ingress);
         }
@@ -239,6 +271,8 @@ impl Candidate {
 struct Use {
     port: Option<(Key, ServicePort)>,
     candidates: Vec<Candidate>,
+    /// An Ingress with ingress-nginx's `backend-protocol: GRPC` leads here.
+    grpc: bool,
 }
 
 /// An HTTPRoute rule over several backends: one model service with all their targets.
@@ -264,6 +298,11 @@ struct Translator<'a> {
     uses: BTreeMap<String, Use>,
     rule_services: Vec<RuleService>,
     routes: Vec<PendingRoute>,
+    /// Hosts some Ingress lists under `spec.tls` (lowercase; `*.example.com` as written).
+    tls_hosts: BTreeSet<String>,
+    certificates: BTreeMap<Key, PemCertificate>,
+    /// tether's Gateways (with the gateway-api dialect).
+    gateways: Option<Gateways>,
 }
 
 impl Translator<'_> {
@@ -364,6 +403,7 @@ impl Translator<'_> {
             .or_insert_with(|| Use {
                 port: resolved.port.clone(),
                 candidates: Vec::new(),
+                grpc: false,
             });
     }
 
@@ -389,6 +429,62 @@ impl Translator<'_> {
         });
     }
 
+    /// An Ingress's `spec.tls`: its hosts (for ingress-nginx's ssl-redirect) and the
+    /// certificates of the Secrets it names.
+    fn ingress_tls(&mut self, ingress: &Ingress) {
+        if !self.class_matches(ingress) {
+            return;
+        }
+        let object = ObjectRef::ingress(&ingress.metadata);
+        for entry in ingress
+            .spec
+            .iter()
+            .flat_map(|spec| spec.tls.iter().flatten())
+        {
+            for host in entry.hosts.iter().flatten() {
+                self.tls_hosts.insert(host.trim().to_ascii_lowercase());
+            }
+            // No secretName: ingress-nginx serves its default certificate; tether's first.
+            let Some(name) = entry.secret_name.as_deref().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let key = (object.namespace.clone(), name.to_string());
+            if self.certificates.contains_key(&key) {
+                continue;
+            }
+            match cluster_tls::certificate(&key.0, &key.1, self.snapshot.secrets.get(&key)) {
+                Ok(certificate) => {
+                    self.certificates.insert(key, certificate);
+                }
+                Err(message) => self.report(&object, "InvalidCertificate", message),
+            }
+        }
+    }
+
+    /// What one of `object`'s routes to `host` does with plaintext and TLS requests: Kong's
+    /// `protocols` when given, else ingress-nginx's ssl-redirect.
+    fn schemes(
+        &mut self,
+        object: &ObjectRef,
+        annotations: &BTreeMap<String, String>,
+        kong: Option<Schemes>,
+        host: Option<&HostMatch>,
+    ) -> Schemes {
+        if let Some(kong) = kong {
+            return kong;
+        }
+        if !self.settings.dialects.ingress_nginx {
+            return Schemes::default();
+        }
+        let tls_host = self.settings.tls
+            && host.is_some_and(|host| self.tls_hosts.contains(&describe_host(Some(host))));
+        let (schemes, warnings) = cluster_tls::nginx_schemes(annotations, tls_host);
+        for warning in warnings {
+            self.report(object, "InvalidAnnotation", warning);
+        }
+        schemes
+    }
+
     fn ingress(&mut self, ingress: &Ingress) {
         if !self.class_matches(ingress) {
             return;
@@ -407,6 +503,15 @@ impl Translator<'_> {
             );
         }
         let Some(spec) = &ingress.spec else { return };
+        let kong_schemes =
+            match cluster_tls::kong_schemes(&annotations).filter(|_| self.settings.dialects.kong) {
+                Some(Ok(schemes)) => Some(schemes),
+                Some(Err(message)) => {
+                    self.report(&object, "InvalidAnnotation", message);
+                    Some(Schemes::default())
+                }
+                None => None,
+            };
         // Cookie paths per model service: the paths of this Ingress that lead there.
         let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut index = 0;
@@ -421,10 +526,14 @@ impl Translator<'_> {
                     .entry(resolved.name.clone())
                     .or_default()
                     .push("/".into());
+                let schemes = self.schemes(&object, &annotations, kong_schemes, None);
                 let route = Route {
                     host: None,
                     path: PathMatch::Prefix("/".into()),
                     service: resolved.name,
+                    allow_connect: false,
+                    plaintext: schemes.plaintext,
+                    over_tls: schemes.over_tls,
                 };
                 self.add_route(meta, &object, 0, (usize::MAX, 0), route);
             }
@@ -475,10 +584,14 @@ impl Translator<'_> {
                     .entry(resolved.name.clone())
                     .or_default()
                     .push(cookie_path);
+                let schemes = self.schemes(&object, &annotations, kong_schemes, host.as_ref());
                 let route = Route {
                     host: host.clone(),
                     path: matched,
                     service: resolved.name,
+                    allow_connect: false,
+                    plaintext: schemes.plaintext,
+                    over_tls: schemes.over_tls,
                 };
                 self.add_route(meta, &object, 0, (0, index), route);
             }
@@ -486,7 +599,13 @@ impl Translator<'_> {
         if !nginx {
             return;
         }
+        let grpc = nginx::grpc_backend(&annotations);
         for (service, paths) in paths {
+            if grpc {
+                if let Some(used) = self.uses.get_mut(&service) {
+                    used.grpc = true;
+                }
+            }
             let default_path = common_path(&paths);
             match nginx::affinity(&annotations, &default_path, regex) {
                 None => {}
@@ -538,19 +657,68 @@ impl Translator<'_> {
         let meta = &route.metadata;
         let object = ObjectRef::http_route(meta);
         let namespace = object.namespace.clone();
-        let mut hosts = Vec::new();
-        for hostname in &route.spec.hostnames {
-            match host_match(hostname) {
-                Ok(host) => hosts.push(Some(host)),
-                Err(message) => self.report(&object, "InvalidHost", message),
+        let route_key = (namespace.clone(), object.name.clone());
+        // With Gateways of tether's: only routes attached to them, served as their listeners
+        // say; otherwise every route, over both listeners.
+        let attached = match self.gateways.as_mut() {
+            Some(gateways) if gateways.active => {
+                let attachments = gateways.attach(route, &self.snapshot.namespaces);
+                if !gateways.has_route(&route_key) {
+                    return;
+                }
+                Some(attachments)
+            }
+            _ => None,
+        };
+        let mut hosts: Vec<(Option<HostMatch>, Plaintext, bool)> = Vec::new();
+        let mut secure = false;
+        match &attached {
+            None => {
+                for hostname in &route.spec.hostnames {
+                    match host_match(hostname) {
+                        Ok(host) => hosts.push((Some(host), Plaintext::Serve, true)),
+                        Err(message) => self.report(&object, "InvalidHost", message),
+                    }
+                }
+                if hosts.is_empty() {
+                    if !route.spec.hostnames.is_empty() {
+                        return;
+                    }
+                    hosts.push((None, Plaintext::Serve, true));
+                }
+            }
+            Some(attachments) => {
+                // Per host: over plaintext, over TLS.
+                let mut ways: BTreeMap<Option<String>, (bool, bool)> = BTreeMap::new();
+                for attachment in attachments {
+                    for host in &attachment.hosts {
+                        let way = ways.entry(host.clone()).or_default();
+                        if attachment.tls {
+                            way.1 = true;
+                        } else {
+                            way.0 = true;
+                        }
+                    }
+                }
+                secure = !attachments.is_empty() && attachments.iter().all(|a| a.secure);
+                for (host, (plain, tls)) in ways {
+                    match gateways::host(&host) {
+                        Ok(host) => hosts.push((
+                            host,
+                            if plain {
+                                Plaintext::Serve
+                            } else {
+                                Plaintext::NoMatch
+                            },
+                            tls,
+                        )),
+                        Err(message) => self.report(&object, "InvalidHost", message),
+                    }
+                }
             }
         }
-        if hosts.is_empty() {
-            if !route.spec.hostnames.is_empty() {
-                return;
-            }
-            hosts.push(None);
-        }
+        // The first problem with the route's backends, for its ResolvedRefs condition.
+        let mut backend_problem: Option<(&'static str, String)> = None;
         for (rule_index, rule) in route.spec.rules.iter().enumerate() {
             let mut paths = Vec::new();
             let default_match = [Default::default()];
@@ -607,22 +775,40 @@ impl Translator<'_> {
                 let group = backend.group.as_deref().unwrap_or("");
                 let kind = backend.kind.as_deref().unwrap_or("Service");
                 if !group.is_empty() || kind != "Service" {
-                    self.report(
-                        &object,
-                        "BackendNotSupported",
-                        format!("rule {rule_index}: backendRef {group}/{kind} {} is not a Service; skipped", backend.name),
+                    let message = format!(
+                        "rule {rule_index}: backendRef {group}/{kind} {} is not a Service; skipped",
+                        backend.name
                     );
+                    backend_problem.get_or_insert(("InvalidKind", message.clone()));
+                    self.report(&object, "BackendNotSupported", message);
                     continue;
                 }
-                if backend.namespace.as_deref().is_some_and(|n| n != namespace) {
-                    self.report(
-                        &object,
-                        "RefNotPermitted",
-                        format!("rule {rule_index}: backendRef to another namespace needs a ReferenceGrant, which tether does not read; skipped"),
-                    );
+                let backend_namespace = backend.namespace.clone().unwrap_or(namespace.clone());
+                if backend_namespace != namespace
+                    && !(attached.is_some()
+                        && gateways::granted(
+                            &self.snapshot.reference_grants,
+                            "HTTPRoute",
+                            &namespace,
+                            "",
+                            "Service",
+                            &backend_namespace,
+                            &backend.name,
+                        ))
+                {
+                    let message = format!("rule {rule_index}: backendRef to Service {backend_namespace}/{} needs a ReferenceGrant in {backend_namespace}; skipped", backend.name);
+                    backend_problem.get_or_insert(("RefNotPermitted", message.clone()));
+                    self.report(&object, "RefNotPermitted", message);
                     continue;
                 }
                 let Some(port) = backend.port else {
+                    backend_problem.get_or_insert((
+                        "BackendNotFound",
+                        format!(
+                            "rule {rule_index}: backendRef {} names no port",
+                            backend.name
+                        ),
+                    ));
                     self.report(
                         &object,
                         "BackendNotFound",
@@ -641,8 +827,21 @@ impl Translator<'_> {
                     );
                 }
                 let weight = backend.weight.unwrap_or(1).clamp(0, 1_000_000) as u32;
-                let resolved =
-                    self.resolve(&namespace, &backend.name, PortRef::Number(port), &object);
+                let resolved = self.resolve(
+                    &backend_namespace,
+                    &backend.name,
+                    PortRef::Number(port),
+                    &object,
+                );
+                if resolved.port.is_none() {
+                    backend_problem.get_or_insert((
+                        "BackendNotFound",
+                        format!(
+                            "rule {rule_index}: Service {backend_namespace}/{} port {port} does not exist",
+                            backend.name
+                        ),
+                    ));
+                }
                 backends.push((resolved, weight));
             }
             let cookie_paths: Vec<String> = paths
@@ -672,8 +871,19 @@ impl Translator<'_> {
                 }
                 _ => None,
             };
+            let mut persistence = persistence;
+            if let Some(Candidate {
+                balancing: Balancing::StickySessions(cookie),
+                ..
+            }) = persistence.as_mut()
+            {
+                cookie.secure = secure;
+            }
+            // A rule of a route attached to tether's Gateways keeps its own session (its own
+            // service), as the Gateway API's conformance tests expect.
+            let own_session = attached.is_some() && persistence.is_some();
             let service = match backends.as_slice() {
-                [(resolved, weight)] if *weight > 0 => {
+                [(resolved, weight)] if *weight > 0 && !own_session => {
                     let resolved = resolved.clone();
                     self.use_service(&resolved);
                     if let (Some(candidate), Some(used)) =
@@ -695,14 +905,22 @@ impl Translator<'_> {
                 }
             };
             for (match_index, path) in paths.iter().enumerate() {
-                for host in &hosts {
+                for (host, plaintext, over_tls) in &hosts {
                     let route = Route {
                         host: host.clone(),
                         path: path.clone(),
                         service: service.clone(),
+                        allow_connect: false,
+                        plaintext: *plaintext,
+                        over_tls: *over_tls,
                     };
                     self.add_route(meta, &object, 1, (rule_index, match_index), route);
                 }
+            }
+        }
+        if attached.is_some() {
+            if let Some(gateways) = self.gateways.as_mut() {
+                gateways.resolved_refs(&route_key, meta.generation.unwrap_or(0), backend_problem);
             }
         }
     }
@@ -863,6 +1081,11 @@ impl Translator<'_> {
         for (name, used) in uses {
             let mut candidates = used.candidates;
             let mut service_ref = None;
+            let upstream = match &used.port {
+                _ if used.grpc => UpstreamProtocol::H2c,
+                Some((_, port)) => upstream_protocol(port),
+                None => UpstreamProtocol::Http1,
+            };
             let targets = match &used.port {
                 Some((key, port)) => {
                     if let Some(kong) = self.kong_policy(key) {
@@ -885,6 +1108,7 @@ impl Translator<'_> {
                     balancing,
                     frontend: None,
                     targets,
+                    upstream,
                 },
             );
         }
@@ -918,10 +1142,27 @@ impl Translator<'_> {
                 }
             }
         }
+        let statuses = match self.gateways.take() {
+            Some(gateways) => {
+                if self.settings.tls {
+                    for (key, certificate) in &gateways.certificates {
+                        self.certificates
+                            .entry(key.clone())
+                            .or_insert_with(|| certificate.clone());
+                    }
+                }
+                gateways.statuses()
+            }
+            None => Statuses::default(),
+        };
         Translated {
             routes,
             services,
+            certificates: std::mem::take(&mut self.certificates)
+                .into_values()
+                .collect(),
             findings: self.findings,
+            statuses,
         }
     }
 
@@ -998,11 +1239,22 @@ impl Translator<'_> {
             }
         }
         let balancing = self.resolve_balancing(&rule.name, None, candidates);
+        // h2c only when every backend's port says so: the service has one protocol.
+        let mut ports = rule.backends.iter().filter_map(|(r, _)| r.port.as_ref());
+        let upstream = match ports.next() {
+            Some((_, first))
+                if ports.all(|(_, port)| upstream_protocol(port) == upstream_protocol(first)) =>
+            {
+                upstream_protocol(first)
+            }
+            _ => UpstreamProtocol::Http1,
+        };
         Service {
             name: rule.name,
             balancing,
             frontend: None,
             targets: merged.into_values().collect(),
+            upstream,
         }
     }
 
@@ -1092,6 +1344,7 @@ impl Translator<'_> {
                                 hashing,
                             }),
                             targets: targets.clone(),
+                            upstream: Default::default(),
                         },
                     );
                 }
@@ -1130,6 +1383,14 @@ fn describe_path(path: &PathMatch) -> String {
     match path {
         PathMatch::Exact(path) => format!("{path} (exact)"),
         PathMatch::Prefix(path) => format!("{path} (prefix)"),
+    }
+}
+
+/// A Service port's `appProtocol: kubernetes.io/h2c` (KEP-3726) makes its targets h2c.
+fn upstream_protocol(port: &ServicePort) -> UpstreamProtocol {
+    match port.app_protocol.as_deref() {
+        Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
+        _ => UpstreamProtocol::Http1,
     }
 }
 

@@ -2,7 +2,7 @@ use super::*;
 use crate::model::{SameSite, SessionCookie};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tether_tests::cluster::{self, annotate, Endpoint, NS};
+use tether_testkit::cluster::{self, annotate, Endpoint, NS};
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -66,6 +66,31 @@ fn snapshot(objects: &[Value]) -> Snapshot {
                     .policies
                     .insert(key, serde_json::from_value(object).expect(parse));
             }
+            Some("Secret") => {
+                snapshot
+                    .secrets
+                    .insert(key, serde_json::from_value(object).expect(parse));
+            }
+            Some("GatewayClass") => {
+                snapshot
+                    .gateway_classes
+                    .insert(key, serde_json::from_value(object).expect(parse));
+            }
+            Some("Gateway") => {
+                snapshot
+                    .gateways
+                    .insert(key, serde_json::from_value(object).expect(parse));
+            }
+            Some("ReferenceGrant") => {
+                snapshot
+                    .reference_grants
+                    .insert(key, serde_json::from_value(object).expect(parse));
+            }
+            Some("Namespace") => {
+                snapshot
+                    .namespaces
+                    .insert(key, serde_json::from_value(object).expect(parse));
+            }
             other => panic!("unexpected kind {other:?}"),
         }
     }
@@ -79,6 +104,8 @@ fn settings(drain: bool) -> Settings {
         ingress_classes: Vec::new(),
         kernel: false,
         node_ip: None,
+        tls: false,
+        gateway_classes: Vec::new(),
     }
 }
 
@@ -130,7 +157,10 @@ fn the_how_to_becomes_a_sticky_service_behind_its_route() {
         vec![Route {
             host: None,
             path: PathMatch::Prefix("/echo".into()),
-            service: ECHO.into()
+            service: ECHO.into(),
+            allow_connect: false,
+            plaintext: Plaintext::Serve,
+            over_tls: true,
         }]
     );
     let echo = &translated.services[ECHO];
@@ -161,6 +191,17 @@ fn without_the_annotation_the_service_is_round_robin() {
     objects[0] = cluster::echo_service();
     let translated = translate(&snapshot(&objects), &settings(true));
     assert_eq!(translated.services[ECHO].balancing, Balancing::RoundRobin);
+}
+
+#[test]
+fn app_protocol_h2c_makes_an_h2c_service() {
+    let translated = translate(&snapshot(&how_to(&three_pods())), &settings(true));
+    assert_eq!(translated.services[ECHO].upstream, UpstreamProtocol::Http1);
+    let mut objects = how_to(&three_pods());
+    // Port 1027 ("http", the third) is the one the route uses.
+    objects[0]["spec"]["ports"][2]["appProtocol"] = json!("kubernetes.io/h2c");
+    let translated = translate(&snapshot(&objects), &settings(true));
+    assert_eq!(translated.services[ECHO].upstream, UpstreamProtocol::H2c);
 }
 
 #[test]
@@ -276,6 +317,21 @@ fn ingress_nginx_annotations_make_the_cookie() {
     assert_eq!(cookie.expires, Some(Duration::from_secs(172_800)));
     assert!(!cookie.change_on_failure);
     assert!(translated.findings.is_empty(), "{:?}", translated.findings);
+}
+
+#[test]
+fn ingress_nginx_backend_protocol_grpc_makes_an_h2c_service() {
+    let mut objects = vec![cluster::echo_service(), cluster::nginx_sticky_ingress()];
+    objects.extend(pods(&three_pods()));
+    let translated = translate(&snapshot(&objects), &settings(true));
+    assert_eq!(translated.services[ECHO].upstream, UpstreamProtocol::Http1);
+    objects[1] = annotate(
+        cluster::nginx_sticky_ingress(),
+        "nginx.ingress.kubernetes.io/backend-protocol",
+        "GRPC",
+    );
+    let translated = translate(&snapshot(&objects), &settings(true));
+    assert_eq!(translated.services[ECHO].upstream, UpstreamProtocol::H2c);
 }
 
 #[test]
@@ -407,7 +463,10 @@ fn weighted_backend_refs_share_new_sessions_by_weight() {
         vec![Route {
             host: Some(HostMatch::Exact("app.example.com".into())),
             path: PathMatch::Prefix("/".into()),
-            service: "httproute/kong/split/0".into()
+            service: "httproute/kong/split/0".into(),
+            allow_connect: false,
+            plaintext: Plaintext::Serve,
+            over_tls: true,
         }]
     );
 }
@@ -644,4 +703,522 @@ fn a_thousand_services_translate_quickly() {
     assert_eq!(translated.routes.len(), 1000);
     assert_eq!(translated.services["kong/svc999:80"].targets.len(), 10);
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
+
+fn tls_settings() -> Settings {
+    Settings {
+        tls: true,
+        ..settings(false)
+    }
+}
+
+/// (host, plaintext, over TLS) of every route.
+fn schemes(translated: &Translated) -> Vec<(String, Plaintext, bool)> {
+    translated
+        .routes
+        .iter()
+        .map(|r| (describe_host(r.host.as_ref()), r.plaintext, r.over_tls))
+        .collect()
+}
+
+#[test]
+fn ingress_tls_brings_its_secret_and_redirects_its_hosts() {
+    let shop = cluster::with_tls(
+        cluster::ingress(
+            NS,
+            "shop",
+            Some("shop.example.com"),
+            &[("/", "Prefix", "echo", 1027)],
+        ),
+        &["shop.example.com"],
+        "shop-tls",
+    );
+    let plain = cluster::ingress(
+        NS,
+        "plain",
+        Some("plain.example.com"),
+        &[("/", "Prefix", "echo", 1027)],
+    );
+    let objects = vec![
+        cluster::echo_service(),
+        shop.clone(),
+        plain.clone(),
+        cluster::tls_secret(NS, "shop-tls", "CHAIN", "KEY"),
+    ];
+    let translated = translate(&snapshot(&objects), &tls_settings());
+    assert_eq!(
+        translated
+            .certificates
+            .iter()
+            .map(|c| (c.origin.as_str(), c.chain.as_slice(), c.key.as_slice()))
+            .collect::<Vec<_>>(),
+        [("Secret kong/shop-tls", &b"CHAIN"[..], &b"KEY"[..])]
+    );
+    assert_eq!(
+        schemes(&translated),
+        [
+            ("shop.example.com".into(), Plaintext::Redirect(308), true),
+            ("plain.example.com".into(), Plaintext::Serve, true),
+        ]
+    );
+    assert!(translated.findings.is_empty(), "{:?}", translated.findings);
+
+    // ssl-redirect: "false" serves plaintext too; the certificate stays.
+    let off = annotate(
+        shop.clone(),
+        "nginx.ingress.kubernetes.io/ssl-redirect",
+        "false",
+    );
+    let translated = translate(
+        &snapshot(&[
+            cluster::echo_service(),
+            off,
+            cluster::tls_secret(NS, "shop-tls", "C", "K"),
+        ]),
+        &tls_settings(),
+    );
+    assert_eq!(
+        schemes(&translated),
+        [("shop.example.com".into(), Plaintext::Serve, true)]
+    );
+    assert_eq!(translated.certificates.len(), 1);
+
+    // Without a TLS listener: no certificates, no redirect (nothing would answer https).
+    let translated = translate(&snapshot(&objects), &settings(false));
+    assert!(translated.certificates.is_empty());
+    assert!(schemes(&translated)
+        .iter()
+        .all(|(_, p, _)| *p == Plaintext::Serve));
+
+    // Only ingress-nginx's dialect redirects by default.
+    let kong_only = Settings {
+        dialects: Dialects {
+            kong: true,
+            ingress_nginx: false,
+            gateway_api: false,
+        },
+        ..tls_settings()
+    };
+    let translated = translate(&snapshot(&objects), &kong_only);
+    assert!(schemes(&translated)
+        .iter()
+        .all(|(_, p, _)| *p == Plaintext::Serve));
+    assert_eq!(translated.certificates.len(), 1);
+}
+
+#[test]
+fn a_missing_tls_secret_is_reported_and_the_routes_still_serve() {
+    let shop = cluster::with_tls(
+        cluster::ingress(
+            NS,
+            "shop",
+            Some("shop.example.com"),
+            &[("/", "Prefix", "echo", 1027)],
+        ),
+        &["shop.example.com"],
+        "missing",
+    );
+    let translated = translate(&snapshot(&[cluster::echo_service(), shop]), &tls_settings());
+    assert!(translated.certificates.is_empty());
+    assert_eq!(translated.routes.len(), 1);
+    assert_eq!(
+        reasons(&translated),
+        [("Ingress", "shop".into(), "InvalidCertificate")]
+    );
+}
+
+#[test]
+fn kong_protocols_on_an_ingress() {
+    let ingress = |name: &str, host: &str, protocols: &str| {
+        annotate(
+            cluster::ingress(NS, name, Some(host), &[("/", "Prefix", "echo", 1027)]),
+            "konghq.com/protocols",
+            protocols,
+        )
+    };
+    let redirect = annotate(
+        ingress("a", "a.example.com", "https"),
+        "konghq.com/https-redirect-status-code",
+        "301",
+    );
+    let objects = [
+        cluster::echo_service(),
+        redirect,
+        ingress("b", "b.example.com", "https"),
+        ingress("c", "c.example.com", "http"),
+        // Kong's annotation wins over ingress-nginx's TLS redirect.
+        cluster::with_tls(
+            ingress("d", "d.example.com", "http,https"),
+            &["d.example.com"],
+            "d",
+        ),
+        ingress("e", "e.example.com", "ftp"),
+    ];
+    let translated = translate(&snapshot(&objects), &tls_settings());
+    assert_eq!(
+        schemes(&translated),
+        [
+            ("a.example.com".into(), Plaintext::Redirect(301), true),
+            ("b.example.com".into(), Plaintext::Redirect(426), true),
+            ("c.example.com".into(), Plaintext::Serve, false),
+            ("d.example.com".into(), Plaintext::Serve, true),
+            ("e.example.com".into(), Plaintext::Serve, true),
+        ]
+    );
+    let found = reasons(&translated);
+    assert!(
+        found.contains(&("Ingress", "e".into(), "InvalidAnnotation")),
+        "{found:?}"
+    );
+}
+
+/// tether's GatewayClass and Gateway `kong/gw` (HTTP any host; HTTPS `*.example.com` with a
+/// good certificate; HTTPS with a missing Secret; TCP), another controller's Gateway, and
+/// routes attached every which way.
+fn gateway_objects() -> Vec<Value> {
+    let (chain, key) = crate::tls::certificate::tests::self_signed_pem(&["*.example.com"]);
+    let route = |namespace: &str, name: &str, hosts: &[&str], parents: Value, service: &str| {
+        cluster::with_parents(
+            cluster::http_route(
+                namespace,
+                name,
+                hosts,
+                json!([{"backendRefs": [{"name": service, "port": 1027}]}]),
+            ),
+            parents,
+        )
+    };
+    vec![
+        cluster::echo_service(),
+        cluster::gateway_class("tether", cluster::TETHER_CONTROLLER),
+        cluster::gateway_class("other", "example.com/other"),
+        cluster::gateway(
+            NS,
+            "gw",
+            "tether",
+            json!([
+                cluster::http_listener("http", 80, None),
+                cluster::https_listener("https", 443, Some("*.example.com"), "site-tls", None),
+                cluster::https_listener("broken", 8443, Some("bad.example.com"), "missing", None),
+                {"name": "tcp", "port": 9000, "protocol": "TCP"},
+            ]),
+        ),
+        cluster::gateway(
+            NS,
+            "foreign",
+            "other",
+            json!([cluster::http_listener("http", 80, None)]),
+        ),
+        cluster::tls_secret(NS, "site-tls", &chain, &key),
+        route(
+            NS,
+            "app",
+            &["app.example.com"],
+            json!([{"name": "gw", "sectionName": "https"}]),
+            "echo",
+        ),
+        route(
+            NS,
+            "plain",
+            &["plain.test"],
+            json!([{"name": "gw", "sectionName": "http"}]),
+            "echo",
+        ),
+        route(
+            NS,
+            "nohost",
+            &["other.org"],
+            json!([{"name": "gw", "sectionName": "https"}]),
+            "echo",
+        ),
+        route(
+            NS,
+            "foreign",
+            &["foreign.test"],
+            json!([{"name": "foreign"}]),
+            "echo",
+        ),
+        route(
+            NS,
+            "noparent",
+            &[],
+            json!([{"name": "gw", "sectionName": "nope"}]),
+            "echo",
+        ),
+        route(
+            NS,
+            "nobackend",
+            &["nb.test"],
+            json!([{"name": "gw", "port": 80}]),
+            "nosuch",
+        ),
+        route(
+            "team",
+            "elsewhere",
+            &["team.test"],
+            json!([{"name": "gw", "namespace": NS}]),
+            "echo",
+        ),
+    ]
+}
+
+fn condition(conditions: &[gateways::Condition], type_: &str) -> (bool, &'static str, i64) {
+    let found = conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {conditions:?}"));
+    (found.status, found.reason, found.observed_generation)
+}
+
+#[test]
+fn gateways_listeners_and_attached_routes() {
+    let translated = translate(&snapshot(&gateway_objects()), &tls_settings());
+    // Only routes attached to tether's listeners are served, as those listeners say.
+    assert_eq!(
+        schemes(&translated),
+        [
+            ("app.example.com".into(), Plaintext::NoMatch, true),
+            ("plain.test".into(), Plaintext::Serve, false),
+            ("nb.test".into(), Plaintext::Serve, false),
+        ]
+    );
+    assert_eq!(
+        translated
+            .certificates
+            .iter()
+            .map(|c| c.origin.as_str())
+            .collect::<Vec<_>>(),
+        ["Secret kong/site-tls"]
+    );
+    let statuses = &translated.statuses;
+    assert_eq!(statuses.classes.keys().collect::<Vec<_>>(), ["tether"]);
+    let gateway = &statuses.gateways[&(NS.to_string(), "gw".to_string())];
+    assert_eq!(
+        statuses.gateways.len(),
+        1,
+        "the foreign Gateway is not tether's"
+    );
+    assert!(condition(&gateway.conditions, "Programmed").0);
+    let listener = |name: &str| {
+        gateway
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    assert_eq!(listener("http").attached_routes, 2);
+    assert_eq!(listener("https").attached_routes, 1);
+    assert!(condition(&listener("https").conditions, "ResolvedRefs").0);
+    assert_eq!(
+        condition(&listener("broken").conditions, "ResolvedRefs"),
+        (false, "InvalidCertificateRef", 0)
+    );
+    assert!(!condition(&listener("broken").conditions, "Programmed").0);
+    assert_eq!(
+        condition(&listener("tcp").conditions, "Accepted"),
+        (false, "UnsupportedProtocol", 0)
+    );
+    assert_eq!(listener("http").supported_kinds.len(), 1);
+
+    let parent = |name: &str, namespace: &str| {
+        let parents = &statuses.routes[&(namespace.to_string(), name.to_string())];
+        assert_eq!(parents.len(), 1);
+        parents[0].conditions.clone()
+    };
+    assert_eq!(condition(&parent("app", NS), "Accepted").1, "Accepted");
+    assert_eq!(
+        condition(&parent("app", NS), "ResolvedRefs").1,
+        "ResolvedRefs"
+    );
+    assert_eq!(
+        condition(&parent("nohost", NS), "Accepted").1,
+        "NoMatchingListenerHostname"
+    );
+    assert_eq!(
+        condition(&parent("noparent", NS), "Accepted").1,
+        "NoMatchingParent"
+    );
+    assert_eq!(
+        condition(&parent("elsewhere", "team"), "Accepted").1,
+        "NotAllowedByListeners"
+    );
+    assert_eq!(
+        condition(&parent("nobackend", NS), "ResolvedRefs"),
+        (false, "BackendNotFound", 0)
+    );
+    assert!(!statuses
+        .routes
+        .contains_key(&(NS.to_string(), "foreign".to_string())));
+}
+
+#[test]
+fn without_gateway_classes_every_route_is_served_as_before() {
+    let objects: Vec<Value> = gateway_objects()
+        .into_iter()
+        .filter(|o| o["kind"] != "GatewayClass" || o["metadata"]["name"] != "tether")
+        .collect();
+    let translated = translate(&snapshot(&objects), &tls_settings());
+    assert!(translated
+        .routes
+        .iter()
+        .all(|r| r.plaintext == Plaintext::Serve && r.over_tls));
+    assert!(translated.statuses.gateways.is_empty() && translated.statuses.routes.is_empty());
+    // --gateway-class adds a class by name: Kong's Gateways work unchanged.
+    let kong = Settings {
+        gateway_classes: vec!["other".into()],
+        ..tls_settings()
+    };
+    let translated = translate(&snapshot(&objects), &kong);
+    assert_eq!(
+        schemes(&translated),
+        [("foreign.test".into(), Plaintext::Serve, false)]
+    );
+}
+
+#[test]
+fn a_cross_namespace_certificate_needs_a_reference_grant() {
+    let (chain, key) = crate::tls::certificate::tests::self_signed_pem(&["a.example.com"]);
+    let gateway = cluster::gateway(
+        NS,
+        "gw",
+        "tether",
+        json!([cluster::https_listener(
+            "https",
+            443,
+            None,
+            "shared",
+            Some("certs")
+        )]),
+    );
+    let mut objects = vec![
+        cluster::gateway_class("tether", cluster::TETHER_CONTROLLER),
+        gateway,
+        cluster::tls_secret("certs", "shared", &chain, &key),
+    ];
+    let listener_resolved = |objects: &[Value]| {
+        let translated = translate(&snapshot(objects), &tls_settings());
+        let gateway = &translated.statuses.gateways[&(NS.to_string(), "gw".to_string())];
+        (
+            condition(&gateway.listeners[0].conditions, "ResolvedRefs"),
+            translated.certificates.len(),
+        )
+    };
+    assert_eq!(
+        listener_resolved(&objects),
+        ((false, "RefNotPermitted", 0), 0)
+    );
+    objects.push(cluster::reference_grant(
+        "certs", "gateways", "Gateway", NS, "Secret",
+    ));
+    assert_eq!(listener_resolved(&objects), ((true, "ResolvedRefs", 0), 1));
+}
+
+#[test]
+fn status_plans_write_once_and_keep_other_controllers_entries() {
+    let mut objects = gateway_objects();
+    // Another controller's entry on a route tether also serves.
+    for object in &mut objects {
+        if object["metadata"]["name"] == "app" {
+            object["status"] = json!({"parents": [{
+                "parentRef": {"name": "elsewhere"},
+                "controllerName": "example.com/other",
+                "conditions": []
+            }]});
+        }
+    }
+    let mut current = snapshot(&objects);
+    let translated = translate(&current, &tls_settings());
+    let writes = super::super::status::plan(&translated.statuses, &current, "2026-01-01T00:00:00Z");
+    let targets: BTreeSet<(String, String)> = writes
+        .iter()
+        .map(|w| (w.namespace.clone(), w.name.clone()))
+        .collect();
+    assert!(
+        targets.contains(&(String::new(), "tether".into())),
+        "{targets:?}"
+    );
+    assert!(targets.contains(&(NS.into(), "gw".into())));
+    assert!(targets.contains(&(NS.into(), "app".into())));
+    assert!(!targets.contains(&(NS.into(), "foreign".into())));
+    assert!(!targets.contains(&(String::new(), "other".into())));
+    let app = writes.iter().find(|w| w.name == "app").expect("app");
+    let parents = app.status["parents"].as_array().expect("parents");
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert_eq!(parents[0]["controllerName"], "example.com/other");
+    assert_eq!(parents[1]["controllerName"], cluster::TETHER_CONTROLLER);
+    assert_eq!(
+        parents[1]["parentRef"],
+        json!({"name": "gw", "sectionName": "https"})
+    );
+    assert_eq!(
+        parents[1]["conditions"][0]["lastTransitionTime"],
+        "2026-01-01T00:00:00Z"
+    );
+
+    // Once written, nothing more to write (later, with the same conditions).
+    for write in &writes {
+        let key = (write.namespace.clone(), write.name.clone());
+        let status = Some(write.status.clone());
+        if let Some(o) = current.gateway_classes.get_mut(&key) {
+            o.status = status.clone();
+        }
+        if let Some(o) = current.gateways.get_mut(&key) {
+            o.status = status.clone();
+        }
+        if let Some(o) = current.http_routes.get_mut(&key) {
+            o.status = status;
+        }
+    }
+    let again = super::super::status::plan(&translated.statuses, &current, "2026-01-01T00:05:00Z");
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn each_rule_of_an_attached_route_keeps_its_own_session() {
+    let rule = |path: &str, cookie: &str| {
+        json!({
+            "matches": [{"path": {"type": "PathPrefix", "value": path}}],
+            "backendRefs": [{"name": "echo", "port": 1027}],
+            "sessionPersistence": {"sessionName": cookie, "type": "Cookie"}
+        })
+    };
+    let route = cluster::with_parents(
+        cluster::http_route(
+            NS,
+            "two",
+            &["two.example.com"],
+            json!([rule("/a", "session-a"), rule("/b", "session-b")]),
+        ),
+        json!([{"name": "gw", "sectionName": "https"}]),
+    );
+    let mut objects = gateway_objects();
+    objects.push(route);
+    let translated = translate(&snapshot(&objects), &tls_settings());
+    let cookies: Vec<(String, String, bool)> = translated
+        .routes
+        .iter()
+        .filter(|r| r.host == Some(HostMatch::Exact("two.example.com".into())))
+        .map(|r| {
+            let Balancing::StickySessions(cookie) = &translated.services[&r.service].balancing
+            else {
+                panic!("{:?}", translated.services[&r.service]);
+            };
+            (r.service.clone(), cookie.name.clone(), cookie.secure)
+        })
+        .collect();
+    assert_eq!(
+        cookies,
+        [
+            ("httproute/kong/two/0".into(), "session-a".into(), true),
+            ("httproute/kong/two/1".into(), "session-b".into(), true),
+        ]
+    );
+    assert!(
+        !translated
+            .findings
+            .iter()
+            .any(|f| f.reason == "PolicyConflict"),
+        "{:?}",
+        translated.findings
+    );
 }

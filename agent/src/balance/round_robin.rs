@@ -1,49 +1,10 @@
-//! Target selection: the one place that decides which target takes a new session, and whether
-//! a pinned session may stay where it is.
-//!
-//! Rules (Kong's sticky-sessions with drain support, HAProxy's drain):
-//! - new sessions go only to active targets with weight > 0, in proportion to their weights;
-//! - a pinned session stays on its target while that target is configured, draining or not;
-//! - a pinned session whose target is gone, or refused the connection, is re-pinned.
-use crate::maglev::Maglev;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+//! Weighted round-robin: spreads new sessions over active targets in proportion to their
+//! weights, with no lock on the request path.
+use super::Candidate;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The longest weighted round-robin schedule kept; larger weight sets are scaled down to fit.
 const MAX_SCHEDULE: u64 = 4096;
-
-/// What selection needs to know about a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candidate {
-    pub weight: u32,
-    /// Active (takes new sessions) or draining (keeps existing ones only).
-    pub active: bool,
-}
-
-impl Candidate {
-    fn takes_new(&self) -> bool {
-        self.active && self.weight > 0
-    }
-}
-
-/// Where a pinned session goes, given the target its cookie names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinnedTo {
-    /// The target is configured and takes new sessions.
-    Active(usize),
-    /// The target is draining: the session stays (the drain), no new one arrives.
-    Draining(usize),
-    /// The target is gone: pick anew.
-    Gone,
-}
-
-/// Resolves a pin found by lookup (`found` is the target's index, if it is still configured).
-pub fn pinned(found: Option<usize>, candidates: &[Candidate]) -> PinnedTo {
-    match found {
-        Some(index) if candidates[index].takes_new() => PinnedTo::Active(index),
-        Some(index) => PinnedTo::Draining(index),
-        None => PinnedTo::Gone,
-    }
-}
 
 /// Spreads new sessions over active targets in proportion to their weights.
 ///
@@ -136,58 +97,10 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Picks the active target with the fewest requests in flight per unit of weight.
-pub fn least_loaded(
-    candidates: &[Candidate],
-    in_flight: &[AtomicU32],
-    start: usize,
-    excluded: impl Fn(usize) -> bool,
-) -> Option<usize> {
-    let len = candidates.len();
-    let mut best: Option<(usize, u64)> = None;
-    // Rotating the start breaks ties fairly instead of always favouring the first target.
-    for step in 0..len {
-        let index = (start + step) % len;
-        let candidate = candidates[index];
-        if !candidate.takes_new() || excluded(index) {
-            continue;
-        }
-        // Compare load/weight without division: scale by a common factor.
-        let load = u64::from(in_flight[index].load(Ordering::Relaxed)) * 65_536
-            / u64::from(candidate.weight);
-        if best.is_none_or(|(_, best_load)| load < best_load) {
-            best = Some((index, load));
-        }
-    }
-    best.map(|(index, _)| index)
-}
-
-/// Consistent hashing: a Maglev table over active targets; exclusions walk to the next slot.
-pub fn hashed(maglev: &Maglev, hash: u64, excluded: impl Fn(usize) -> bool) -> Option<usize> {
-    let table = maglev.table();
-    if table.is_empty() {
-        return None;
-    }
-    let start = (hash % table.len() as u64) as usize;
-    // Bounded: a failed target is skipped, the walk stops after one lap.
-    (0..table.len())
-        .map(|step| table[(start + step) % table.len()] as usize)
-        .find(|&index| !excluded(index))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn candidates(weights: &[u32]) -> Vec<Candidate> {
-        weights
-            .iter()
-            .map(|&weight| Candidate {
-                weight,
-                active: weight > 0,
-            })
-            .collect()
-    }
+    use crate::balance::tests::candidates;
 
     fn counts(rr: &WeightedRoundRobin, n: usize, len: usize) -> Vec<usize> {
         let mut counts = vec![0; len];
@@ -265,24 +178,5 @@ mod tests {
         let counts = counts(&rr, len, 3);
         assert!(counts.iter().all(|&c| c >= 1), "{counts:?}");
         assert!(counts[0] > 2 * counts[2] - 10 && counts[0] < 2 * counts[2] + 400);
-    }
-
-    #[test]
-    fn pins_follow_the_drain_rules() {
-        let set = candidates(&[100, 0]);
-        assert_eq!(pinned(Some(0), &set), PinnedTo::Active(0));
-        assert_eq!(pinned(Some(1), &set), PinnedTo::Draining(1));
-        assert_eq!(pinned(None, &set), PinnedTo::Gone);
-    }
-
-    #[test]
-    fn least_loaded_prefers_idle_and_heavy_targets() {
-        let set = candidates(&[100, 100, 0]);
-        let in_flight: Vec<AtomicU32> = [5, 2, 0].into_iter().map(AtomicU32::new).collect();
-        assert_eq!(least_loaded(&set, &in_flight, 0, |_| false), Some(1));
-        assert_eq!(least_loaded(&set, &in_flight, 0, |i| i == 1), Some(0));
-        let set = candidates(&[300, 100]);
-        let in_flight: Vec<AtomicU32> = [2, 1].into_iter().map(AtomicU32::new).collect();
-        assert_eq!(least_loaded(&set, &in_flight, 0, |_| false), Some(0));
     }
 }

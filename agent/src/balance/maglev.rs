@@ -1,10 +1,10 @@
 //! Maglev lookup tables (Eisenbud et al., NSDI 2016), weighted as Katran does.
 //!
-//! The one place tables are built: the L7 consistent-hashing balancer and the kernel's
-//! per-service lookup table both use it. Only targets that take new flows are given slots,
-//! so a draining target is never picked for a new flow (Cilium builds its table the same way).
-//! The table depends only on the targets' identities and weights, so every agent builds the
-//! same one.
+//! The one place tables are built: the L7 consistent-hashing balancer (which also looks up
+//! here) and the kernel's per-service lookup rows (dataplane/plan.rs) both use it. Only targets
+//! that take new flows are given slots, so a draining target is never picked for a new flow
+//! (Cilium builds its table the same way). The table depends only on the targets' identities
+//! and weights, so every agent builds the same one.
 
 /// Katran's default ring size (prime).
 pub const DEFAULT_SIZE: u32 = 65_537;
@@ -77,6 +77,19 @@ impl Maglev {
 
     pub fn table(&self) -> &[u32] {
         &self.table
+    }
+
+    /// The target for `hash`; an excluded target's slot walks on to the next slot's.
+    pub fn pick(&self, hash: u64, excluded: impl Fn(usize) -> bool) -> Option<usize> {
+        let table = self.table();
+        if table.is_empty() {
+            return None;
+        }
+        let start = (hash % table.len() as u64) as usize;
+        // Bounded: a failed target is skipped, the walk stops after one lap.
+        (0..table.len())
+            .map(|step| table[(start + step) % table.len()] as usize)
+            .find(|&index| !excluded(index))
     }
 }
 

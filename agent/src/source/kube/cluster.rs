@@ -1,0 +1,278 @@
+//! The cluster source (`tether run --kubernetes`): routes, services and targets come from the
+//! API server; the optional file supplies only the node-local `proxy`, `admin` and `dataplane`
+//! sections (and `sessionKey`).
+use super::events::Reporter;
+use super::{secret, KubeMetrics, Options, Source};
+use crate::model::{AdminSettings, Model, ProxySettings, ProxyTimeouts};
+use crate::runtime::{Candidate, Change, ModelSource};
+use crate::session_key;
+use crate::source::file;
+use crate::sticky::cookie::KEY_LEN;
+use anyhow::{bail, Context, Result};
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{info, warn};
+
+/// Without a file: Kong's proxy and status ports.
+pub const DEFAULT_PROXY: &str = "0.0.0.0:8000";
+pub const DEFAULT_ADMIN: &str = "0.0.0.0:8100";
+
+/// The cluster's models, for [`crate::runtime::run`].
+pub struct ClusterSource {
+    options: Options,
+    /// The node-local sections; every model from the cluster carries them.
+    node: Model,
+    metrics: KubeMetrics,
+    /// Connected in [`ModelSource::shared_key`] or [`ModelSource::first`], whichever runs
+    /// first (the admin endpoint answers meanwhile).
+    client: Option<::kube::Client>,
+    watchers: Option<Watching>,
+    /// When the first event of the change being applied arrived.
+    change_seen: Option<Instant>,
+    /// The status Lease (namespace, name), when this agent may write status.
+    status_lease: Option<(String, String)>,
+}
+
+struct Watching {
+    source: Source,
+    reporter: Reporter,
+    /// The status writer's plan (with the gateway-api dialect and a Lease to hold).
+    status: Option<tokio::sync::watch::Sender<Vec<super::status::Write>>>,
+}
+
+impl Watching {
+    /// Hands the status writer what to write for `translated`.
+    fn plan_status(&self, translated: &super::translate::Translated) {
+        if let Some(status) = &self.status {
+            let plan = super::status::plan(
+                &translated.statuses,
+                self.source.snapshot(),
+                &super::status::now(),
+            );
+            status.send_if_modified(|current| {
+                if *current == plan {
+                    return false;
+                }
+                *current = plan;
+                true
+            });
+        }
+    }
+}
+
+impl ClusterSource {
+    /// Reads the node-local settings from `config` (or takes Kong's default ports).
+    pub fn new(config: Option<&Path>, options: Options) -> Result<Self> {
+        let node = node_settings(config)?;
+        // The dataplane section decides whether Services get kernel frontends.
+        let mut options = options;
+        options.settings.kernel = node.dataplane.is_some();
+        // The TLS listener decides whether Secrets are watched for its certificates.
+        options.settings.tls = node.proxy.as_ref().is_some_and(|p| p.tls.is_some());
+        Ok(Self {
+            options,
+            node,
+            metrics: KubeMetrics::default(),
+            client: None,
+            watchers: None,
+            change_seen: None,
+            status_lease: None,
+        })
+    }
+
+    async fn client(&mut self) -> Result<::kube::Client> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let client = super::client(self.options.kubeconfig.as_deref()).await?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// A model: the cluster's routes and services with the node's sections.
+    fn model(&self, translated: super::translate::Translated) -> Model {
+        let mut model = Model {
+            routes: translated.routes,
+            services: translated.services,
+            ..self.node.clone()
+        };
+        if let Some(tls) = model.proxy.as_mut().and_then(|p| p.tls.as_mut()) {
+            tls.cluster = translated.certificates;
+        }
+        model
+    }
+}
+
+impl ModelSource for ClusterSource {
+    fn describe(&self) -> String {
+        "the cluster".into()
+    }
+
+    fn node(&self) -> &Model {
+        &self.node
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+    }
+
+    /// The `--cookie-secret` Secret, retried until the API server answers (created with a
+    /// random key by the first agent).
+    async fn shared_key(&mut self) -> Result<Option<[u8; KEY_LEN]>> {
+        let Some((namespace, name)) = self.options.cookie_secret.clone() else {
+            return Ok(None);
+        };
+        let client = self.client().await?;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match secret::load_or_create(&client, &namespace, &name).await {
+                Ok((content, origin)) => {
+                    let key =
+                        session_key::from_content(&format!("Secret {namespace}/{name}"), &content)?;
+                    info!(secret = %format!("{namespace}/{name}"), origin = origin.as_str(), "cookie key");
+                    tokio::spawn(secret::guard(client, namespace, name, content));
+                    return Ok(Some(key));
+                }
+                Err(super::Error::Secret(message)) => bail!("{message}"),
+                Err(error) => {
+                    warn!(error = %crate::report::Chain(&error), retry_in_ms = delay.as_millis() as u64, "cannot read the cookie key Secret yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Once every watched resource has been listed.
+    async fn first(&mut self) -> Result<Model> {
+        let client = self.client().await?;
+        let mut source =
+            Source::start(&client, self.options.settings.clone(), self.metrics.clone());
+        let translated = source.synced().await;
+        let mut reporter = Reporter::new(
+            client.clone(),
+            self.options.instance.clone(),
+            self.metrics.events_posted.clone(),
+        );
+        reporter.report(&translated.findings);
+        let lease = self.options.status_lease.clone().or_else(|| {
+            self.options
+                .cookie_secret
+                .as_ref()
+                .map(|(namespace, _)| (namespace.clone(), "tether-status".to_string()))
+        });
+        let status = match (self.options.settings.dialects.gateway_api, lease) {
+            (true, Some((namespace, name))) => {
+                self.status_lease = Some((namespace.clone(), name.clone()));
+                let (sender, plans) = tokio::sync::watch::channel(Vec::new());
+                let election =
+                    super::status::Election::new(client, &namespace, &name, &self.options.instance);
+                tokio::spawn(super::status::run(self.client().await?, election, plans));
+                Some(sender)
+            }
+            (true, None) => {
+                warn!("no --status-lease (or --cookie-secret): Gateway API status is not written");
+                None
+            }
+            (false, _) => None,
+        };
+        let watching = Watching {
+            source,
+            reporter,
+            status,
+        };
+        watching.plan_status(&translated);
+        let model = self.model(translated);
+        self.watchers = Some(watching);
+        Ok(model)
+    }
+
+    async fn next(&mut self, _running: &Model) -> Change {
+        let Some(watching) = self.watchers.as_mut() else {
+            // `first` has not run: the runtime never asks.
+            return std::future::pending().await;
+        };
+        let (translated, first_event) = watching.source.next().await;
+        watching.reporter.report(&translated.findings);
+        watching.plan_status(&translated);
+        self.change_seen = Some(first_event.into_std());
+        let changed_at = SystemTime::now().checked_sub(first_event.elapsed());
+        Change::Model(Candidate {
+            model: self.model(translated),
+            forced: false,
+            changed_at,
+        })
+    }
+
+    async fn stop(&mut self) {
+        if let (Some((namespace, name)), Some(client)) = (&self.status_lease, &self.client) {
+            super::status::Election::release(
+                client.clone(),
+                namespace,
+                name,
+                &self.options.instance,
+            )
+            .await;
+        }
+    }
+
+    fn applied(&mut self, _model: &Model) {
+        self.metrics.models_applied.inc();
+        if let Some(seen) = self.change_seen.take() {
+            let to_proxy = seen.elapsed();
+            self.metrics
+                .change_to_proxy_seconds
+                .observe(to_proxy.as_secs_f64());
+            info!(
+                change_to_proxy_ms = to_proxy.as_secs_f64() * 1e3,
+                "cluster change served"
+            );
+        }
+    }
+}
+
+/// The node-local settings: the file's proxy, admin, dataplane and sessionKey sections, or
+/// Kong's default ports.
+fn node_settings(config: Option<&Path>) -> Result<Model> {
+    let Some(path) = config else {
+        let parse = |text: &str| -> Result<SocketAddr> { Ok(text.parse()?) };
+        return Ok(Model {
+            proxy: Some(ProxySettings {
+                listen: parse(DEFAULT_PROXY)?,
+                timeouts: ProxyTimeouts::default(),
+                max_header_bytes: crate::model::DEFAULT_MAX_HEADER_BYTES,
+                max_connections: crate::model::DEFAULT_MAX_CONNECTIONS,
+                tls: None,
+                http2: Default::default(),
+            }),
+            admin: Some(AdminSettings {
+                listen: parse(DEFAULT_ADMIN)?,
+            }),
+            session_key: None,
+            dataplane: None,
+            routes: Vec::new(),
+            services: BTreeMap::new(),
+        });
+    };
+    let loaded = file::load_node(path)?;
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    let model = loaded.model;
+    if !model.routes.is_empty() || !model.services.is_empty() {
+        bail!(
+            "{}: with --kubernetes the file supplies only proxy, admin and dataplane; routes and services come from the cluster",
+            path.display()
+        );
+    }
+    model.proxy.as_ref().with_context(|| {
+        format!(
+            "{}: with --kubernetes the file needs a proxy section (proxy.listen)",
+            path.display()
+        )
+    })?;
+    Ok(model)
+}
