@@ -1,23 +1,19 @@
 //! HTTP as a proxy speaks it: hop-by-hop headers stop at tether, forwarding headers are added,
 //! Upgrade requests are pinned and tunnelled, and a request no route matches gets 404.
+use crate::fixtures::{outcomes, session_cookie, sticky, sticky_with};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use hyper::Method;
-use tether_tests::agent::Tether;
-use tether_tests::config::{Config, COOKIE};
-use tether_tests::echo::EchoServer;
-use tether_tests::http::{self, Http};
+use tether_testkit::config::COOKIE;
+use tether_testkit::http;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 
 /// RFC 9110 §7.6.1: Connection and the fields it names, Keep-Alive, TE, Proxy-* stop here;
 /// X-Forwarded-For is appended to, X-Forwarded-Proto/-Host/-Port are set, Via is added.
 #[tokio::test]
 async fn hop_by_hop_headers_stop_and_forwarding_headers_are_added() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let tether = Tether::start(TETHER, &Config::sticky(&[(a.address(), 100)]).yaml()).await?;
-    let reply = Http::new()
+    let (_pods, _, tether, http, _) = sticky(["a"]).await?;
+    let reply = http
         .get_with(
             &tether.url("/headers/x?y=1"),
             None,
@@ -89,9 +85,7 @@ async fn hop_by_hop_headers_stop_and_forwarding_headers_are_added() -> Result<()
 /// A client without forwarding headers gets them made up from the connection.
 #[tokio::test]
 async fn forwarding_headers_start_from_the_client_connection() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let tether = Tether::start(TETHER, &Config::sticky(&[(a.address(), 100)]).yaml()).await?;
-    let http = Http::new();
+    let (_pods, _, tether, http, _) = sticky(["a"]).await?;
     let reply = http.get(&tether.url("/headers"), None).await?;
     assert_eq!(reply.echoed("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(reply.echoed("x-forwarded-proto"), vec!["http"]);
@@ -119,9 +113,7 @@ async fn forwarding_headers_start_from_the_client_connection() -> Result<()> {
 /// A request body reaches the target whole, whatever framing the client used.
 #[tokio::test]
 async fn bodies_pass_through() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let tether = Tether::start(TETHER, &Config::sticky(&[(a.address(), 100)]).yaml()).await?;
-    let http = Http::new();
+    let ([a], _, tether, http, _) = sticky(["a"]).await?;
     let body = Bytes::from(vec![b'z'; 100_000]);
     let reply = http
         .send(Method::PUT, &tether.url("/upload"), None, &[], body.clone())
@@ -151,14 +143,8 @@ async fn bodies_pass_through() -> Result<()> {
 /// An Upgrade request goes to the cookie's pod, then bytes flow both ways through the tunnel.
 #[tokio::test]
 async fn upgrades_are_pinned_then_tunnelled() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let c = EchoServer::start("c")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 100), (c.address(), 100)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let value = http.session_on(&tether.url("/"), COOKIE, "b", 6).await?;
-    let cookie = format!("{COOKIE}={value}");
+    let (_pods, _, tether, http, url) = sticky(["a", "b", "c"]).await?;
+    let cookie = session_cookie(&http, &url, "b", 6).await?;
     for round in 0..3 {
         let mut upgraded = http::upgrade(tether.proxy(), "/ws", "websocket", Some(&cookie)).await?;
         assert_eq!(upgraded.reply.status, 101);
@@ -184,23 +170,17 @@ async fn upgrades_are_pinned_then_tunnelled() -> Result<()> {
     // A new session starting with an upgrade gets its cookie on the 101.
     let upgraded = http::upgrade(tether.proxy(), "/ws", "websocket", None).await?;
     assert!(upgraded.reply.set_cookie(COOKIE).is_some());
-    assert_eq!(
-        tether
-            .metric("tether_request_outcomes_total", &[("outcome", "upgraded")])
-            .await?,
-        4.0
-    );
+    assert_eq!(outcomes(&tether, "upgraded").await?, 4.0);
     Ok(())
 }
 
 /// No route for the path (or host): 404, counted.
 #[tokio::test]
 async fn unknown_routes_get_404() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let config =
-        Config::sticky(&[(a.address(), 100)]).route("host: shop.example.com, pathPrefix: /echo");
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
+    let ([a], _, tether, http, _) = sticky_with(["a"], |config| {
+        config.route("host: shop.example.com, pathPrefix: /echo")
+    })
+    .await?;
     let shop = [("host", "Shop.Example.com:80")];
     let reply = http.get_with(&tether.url("/echo/x"), None, &shop).await?;
     assert_eq!(reply.status, 200);
@@ -217,11 +197,6 @@ async fn unknown_routes_get_404() -> Result<()> {
         assert_eq!(reply.set_cookie(COOKIE), None);
     }
     assert_eq!(a.requests(), 1);
-    assert_eq!(
-        tether
-            .metric("tether_request_outcomes_total", &[("outcome", "no_route")])
-            .await?,
-        3.0
-    );
+    assert_eq!(outcomes(&tether, "no_route").await?, 3.0);
     Ok(())
 }

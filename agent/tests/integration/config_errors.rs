@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use std::ffi::OsStr;
 use std::time::Duration;
-use tether_tests::agent::{run_to_exit, Exited, TempDir};
+use tether_testkit::agent::{run_to_exit, Exited, TempDir};
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use crate::fixtures::TETHER;
 const LIMIT: Duration = Duration::from_secs(20);
 
 const VALID: &str = "\
@@ -228,5 +228,33 @@ fn a_short_session_key_stops_start_up() -> Result<()> {
         exited.stderr.contains(&key.display().to_string()),
         "{exited:?}"
     );
+    Ok(())
+}
+
+/// An empty or comment-only file is no configuration: `check` and `run` both refuse it.
+#[test]
+fn an_empty_or_comment_only_file_is_refused() -> Result<()> {
+    let dir = TempDir::new("config")?;
+    for yaml in [
+        "",
+        "\n   \n",
+        "# nothing here yet\n\n# still nothing\n",
+        "---\n",
+    ] {
+        for command in ["check", "run"] {
+            let (exited, path) = tether(&dir, command, yaml)?;
+            assert_eq!(
+                exited.status.code(),
+                Some(1),
+                "{command} {yaml:?}: {exited:?}"
+            );
+            assert!(
+                exited
+                    .stderr
+                    .contains(&format!("error: {path}: the file is empty")),
+                "{command} {yaml:?}: {exited:?}"
+            );
+        }
+    }
     Ok(())
 }

@@ -1,27 +1,26 @@
 //! The session cookie: its attributes, its tamper-proofing, a key shared between agents, and
 //! the lifetimes enforced from the cookie itself.
+use crate::fixtures::{invalid_cookies, pods, sticky, sticky_with, timing, TETHER};
 use anyhow::{Context, Result};
 use std::time::{Duration, SystemTime};
-use tether_tests::agent::{Options, TempDir, Tether};
-use tether_tests::config::{Config, COOKIE};
-use tether_tests::echo::EchoServer;
-use tether_tests::http::{CookieJar, Http};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use tether_testkit::agent::{Options, TempDir, Tether};
+use tether_testkit::config::{Config, COOKIE};
+use tether_testkit::http::{CookieJar, Http};
 
 /// The attributes of a sessionCookie block all reach the Set-Cookie header.
 #[tokio::test]
 async fn set_cookie_carries_the_configured_attributes() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let config = Config::sticky(&[(a.address(), 100)])
-        .cookie("domain: shop.example.com")
-        .cookie("httpOnly: false")
-        .cookie("secure: true")
-        .cookie("sameSite: Lax")
-        .cookie("maxAge: 2h")
-        .cookie("expires: 1h");
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let reply = Http::new().get(&tether.url("/"), None).await?;
+    let (_pods, _, _tether, http, url) = sticky_with(["a"], |config| {
+        config
+            .cookie("domain: shop.example.com")
+            .cookie("httpOnly: false")
+            .cookie("secure: true")
+            .cookie("sameSite: Lax")
+            .cookie("maxAge: 2h")
+            .cookie("expires: 1h")
+    })
+    .await?;
+    let reply = http.get(&url, None).await?;
     assert_eq!(reply.status, 200);
     let header = reply.set_cookie(COOKIE).context("Set-Cookie")?;
     let value = reply.cookie_value(COOKIE).context("value")?;
@@ -61,13 +60,13 @@ async fn set_cookie_carries_the_configured_attributes() -> Result<()> {
 /// conditionalSameSiteNone leaves SameSite=None out for browsers that reject it.
 #[tokio::test]
 async fn conditional_same_site_none_spares_old_browsers() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let config = Config::sticky(&[(a.address(), 100)])
-        .cookie("secure: true")
-        .cookie("sameSite: None")
-        .cookie("conditionalSameSiteNone: true");
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
+    let (_pods, _, tether, http, _) = sticky_with(["a"], |config| {
+        config
+            .cookie("secure: true")
+            .cookie("sameSite: None")
+            .cookie("conditionalSameSiteNone: true")
+    })
+    .await?;
     let agents = [
         ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/51.0.2704.103 Safari/537.36", false),
         ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/66.0.3359.181 Safari/537.36", false),
@@ -106,12 +105,7 @@ async fn conditional_same_site_none_spares_old_browsers() -> Result<()> {
 /// never an error.
 #[tokio::test]
 async fn tampered_cookies_count_as_absent() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 100)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
+    let (_pods, _, tether, http, url) = sticky(["a", "b"]).await?;
     let genuine = http.session_on(&url, COOKIE, "b", 4).await?;
     // Edit one character in the middle (inside the target tag and times): a valid encoding
     // whose MAC no longer matches.
@@ -129,23 +123,13 @@ async fn tampered_cookies_count_as_absent() -> Result<()> {
         ("binary-ish", "%00%ff%fe".into(), "malformed"),
     ];
     for (what, value, reason) in cases {
-        let before = tether
-            .metric(
-                "tether_invalid_cookies_total",
-                &[("service", "echo"), ("reason", reason)],
-            )
-            .await?;
+        let before = invalid_cookies(&tether, Some(reason)).await?;
         let reply = http.get(&url, Some(&format!("{COOKIE}={value}"))).await?;
         assert_eq!(reply.status, 200, "{what}");
         let new = reply.cookie_value(COOKIE).context("a new cookie")?;
         assert_ne!(new, value, "{what}");
         assert_eq!(new.len(), 44);
-        let after = tether
-            .metric(
-                "tether_invalid_cookies_total",
-                &[("service", "echo"), ("reason", reason)],
-            )
-            .await?;
+        let after = invalid_cookies(&tether, Some(reason)).await?;
         assert_eq!(after, before + 1.0, "{what}: {reason}");
         // The new cookie is genuine: it keeps its session.
         let again = http.get(&url, Some(&format!("{COOKIE}={new}"))).await?;
@@ -163,11 +147,7 @@ async fn tampered_cookies_count_as_absent() -> Result<()> {
 /// with another key does not.
 #[tokio::test]
 async fn agents_sharing_a_key_accept_each_other_s_cookies() -> Result<()> {
-    let pods = [
-        EchoServer::start("a")?,
-        EchoServer::start("b")?,
-        EchoServer::start("c")?,
-    ];
+    let pods = pods(["a", "b", "c"])?;
     let targets: Vec<_> = pods.iter().map(|p| (p.address(), 100)).collect();
     let yaml = Config::sticky(&targets).yaml();
     let keys = TempDir::new("keys")?;
@@ -196,34 +176,16 @@ async fn agents_sharing_a_key_accept_each_other_s_cookies() -> Result<()> {
             "another key: a new session"
         );
     }
-    assert_eq!(
-        second
-            .metric("tether_invalid_cookies_total", &[("service", "echo")])
-            .await?,
-        0.0
-    );
-    assert_eq!(
-        other
-            .metric(
-                "tether_invalid_cookies_total",
-                &[("service", "echo"), ("reason", "forged")]
-            )
-            .await?,
-        3.0
-    );
+    assert_eq!(invalid_cookies(&second, None).await?, 0.0);
+    assert_eq!(invalid_cookies(&other, Some("forged")).await?, 3.0);
     Ok(())
 }
 
 /// absoluteTimeout: a session is over that long after it began, used or not.
 #[tokio::test]
 async fn absolute_timeout_ends_the_session() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config =
-        Config::sticky(&[(a.address(), 100), (b.address(), 100)]).cookie("absoluteTimeout: 2s");
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
+    let (_pods, _, tether, http, url) =
+        sticky_with(["a", "b"], |config| config.cookie("absoluteTimeout: 2s")).await?;
     let reply = http.get(&url, None).await?;
     let pod = reply.pod().context("x-pod")?.to_string();
     let first = reply.cookie_value(COOKIE).context("cookie")?;
@@ -237,15 +199,7 @@ async fn absolute_timeout_ends_the_session() -> Result<()> {
     assert_eq!(reply.status, 200);
     let second = reply.cookie_value(COOKIE).context("a new session")?;
     assert_ne!(second, first);
-    assert_eq!(
-        tether
-            .metric(
-                "tether_invalid_cookies_total",
-                &[("service", "echo"), ("reason", "expired")]
-            )
-            .await?,
-        1.0
-    );
+    assert_eq!(invalid_cookies(&tether, Some("expired")).await?, 1.0);
     Ok(())
 }
 
@@ -253,13 +207,10 @@ async fn absolute_timeout_ends_the_session() -> Result<()> {
 /// that long is over.
 #[tokio::test]
 async fn idle_timeout_refreshes_on_use_and_expires_when_idle() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config =
-        Config::sticky(&[(a.address(), 100), (b.address(), 100)]).cookie("idleTimeout: 3s");
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
+    // Each request must take under 0.95 s (below): nothing that loads the machine meanwhile.
+    let _machine = timing().await;
+    let (_pods, _, tether, http, url) =
+        sticky_with(["a", "b"], |config| config.cookie("idleTimeout: 3s")).await?;
     let mut jar = CookieJar::session_id();
     let reply = http.get(&url, None).await?;
     let pod = reply.pod().context("x-pod")?.to_string();
@@ -276,15 +227,7 @@ async fn idle_timeout_refreshes_on_use_and_expires_when_idle() -> Result<()> {
         assert!(jar.update(&reply), "round {round}: the cookie is re-issued");
         assert_ne!(jar.value(), Some(previous.as_str()), "round {round}");
     }
-    assert_eq!(
-        tether
-            .metric(
-                "tether_invalid_cookies_total",
-                &[("service", "echo"), ("reason", "expired")]
-            )
-            .await?,
-        0.0
-    );
+    assert_eq!(invalid_cookies(&tether, Some("expired")).await?, 0.0);
     // The first cookie, never refreshed, is past its idle time by now (over 3.15 s).
     let reply = http.get(&url, Some(&format!("{COOKIE}={first}"))).await?;
     assert!(reply.set_cookie(COOKIE).is_some());
@@ -295,14 +238,6 @@ async fn idle_timeout_refreshes_on_use_and_expires_when_idle() -> Result<()> {
     assert_eq!(reply.status, 200);
     assert!(jar.update(&reply), "an expired session gets a new cookie");
     assert_ne!(jar.value(), Some(previous.as_str()));
-    assert_eq!(
-        tether
-            .metric(
-                "tether_invalid_cookies_total",
-                &[("service", "echo"), ("reason", "expired")]
-            )
-            .await?,
-        2.0
-    );
+    assert_eq!(invalid_cookies(&tether, Some("expired")).await?, 2.0);
     Ok(())
 }

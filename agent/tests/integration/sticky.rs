@@ -1,23 +1,15 @@
 //! New sessions spread by weight; a session cookie keeps its session on its target.
+use crate::fixtures::{invalid_cookies, stage, sticky, target_metric};
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
-use tether_tests::agent::Tether;
-use tether_tests::config::{Config, COOKIE};
-use tether_tests::echo::EchoServer;
-use tether_tests::http::{CookieJar, Http};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use tether_testkit::config::{Config, COOKIE};
+use tether_testkit::http::CookieJar;
 
 /// Weights 100/200 give exactly 1:2 over whole cycles of the smooth weighted round-robin, even
 /// with requests arriving concurrently on both proxy workers (the schedule is shared).
 #[tokio::test]
 async fn new_sessions_follow_the_weights_exactly() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 200)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
+    let ([a, b], _, tether, http, url) = stage([("a", 100), ("b", 200)], Config::sticky).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut cookies = std::collections::HashSet::new();
     // 300 new sessions, 10 at a time, each on its own connection.
@@ -48,34 +40,16 @@ async fn new_sessions_follow_the_weights_exactly() -> Result<()> {
     // Each session has a cookie of its own (they carry the time, so two may coincide only
     // within one second on one target; the 300 are never all alike).
     assert!(cookies.len() >= 2, "{} distinct cookies", cookies.len());
-    let new_pins = |pod: &EchoServer| {
-        let target = pod.address().to_string();
-        let tether = &tether;
-        async move {
-            tether
-                .metric(
-                    "tether_new_pins_total",
-                    &[("service", "echo"), ("target", &target)],
-                )
-                .await
-        }
-    };
-    assert_eq!(new_pins(&a).await?, 100.0);
-    assert_eq!(new_pins(&b).await?, 200.0);
+    let new_pins = "tether_new_pins_total";
+    assert_eq!(target_metric(&tether, new_pins, &a, &[]).await?, 100.0);
+    assert_eq!(target_metric(&tether, new_pins, &b, &[]).await?, 200.0);
     Ok(())
 }
 
 /// A valid cookie brings every request of its session back to its target, without a new cookie.
 #[tokio::test]
 async fn a_cookie_keeps_the_session_on_its_target() -> Result<()> {
-    let pods = [
-        EchoServer::start("a")?,
-        EchoServer::start("b")?,
-        EchoServer::start("c")?,
-    ];
-    let targets: Vec<_> = pods.iter().map(|p| (p.address(), 100)).collect();
-    let tether = Tether::start(TETHER, &Config::sticky(&targets).yaml()).await?;
-    let http = Http::new();
+    let (pods, _, tether, http, _) = sticky(["a", "b", "c"]).await?;
     let url = tether.url("/some/page");
     for pod in ["a", "b", "c"] {
         let value = http.session_on(&url, COOKIE, pod, 6).await?;
@@ -92,35 +66,20 @@ async fn a_cookie_keeps_the_session_on_its_target() -> Result<()> {
         }
     }
     for pod in &pods {
-        let target = pod.address().to_string();
         // One new session (or a few) plus the ten pinned requests, each counted once.
-        let requests = tether
-            .metric(
-                "tether_requests_total",
-                &[("service", "echo"), ("target", &target)],
-            )
-            .await?;
+        let requests = target_metric(&tether, "tether_requests_total", pod, &[]).await?;
         assert_eq!(requests, pod.requests() as f64);
         assert!(pod.requests() >= 11, "{}: {}", pod.name(), pod.requests());
     }
-    assert_eq!(
-        tether
-            .metric("tether_invalid_cookies_total", &[("service", "echo")])
-            .await?,
-        0.0
-    );
+    assert_eq!(invalid_cookies(&tether, None).await?, 0.0);
     Ok(())
 }
 
 /// A target configured with weight 0 from the start gets no new session.
 #[tokio::test]
 async fn new_sessions_never_go_to_weight_zero() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let c = EchoServer::start("c")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 0), (c.address(), 300)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
+    let ([_a, b, _c], _, tether, http, _) =
+        stage([("a", 100), ("b", 0), ("c", 300)], Config::sticky).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..80 {
         let reply = http.get(&tether.url("/"), None).await?;
@@ -141,12 +100,7 @@ async fn new_sessions_never_go_to_weight_zero() -> Result<()> {
 /// an invalid one.
 #[tokio::test]
 async fn the_valid_cookie_among_several_wins() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 100)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
+    let (_pods, _, _tether, http, url) = sticky(["a", "b"]).await?;
     let value = http.session_on(&url, COOKIE, "b", 4).await?;
     let header = format!("other=1; {COOKIE}=not-a-session; {COOKIE}={value}");
     for _ in 0..6 {
@@ -160,11 +114,7 @@ async fn the_valid_cookie_among_several_wins() -> Result<()> {
 /// A round-robin service spreads requests by weight and has nothing to do with cookies.
 #[tokio::test]
 async fn a_round_robin_service_sets_and_reads_no_cookie() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config = Config::round_robin(&[(a.address(), 100), (b.address(), 300)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
+    let (_pods, _, tether, http, _) = stage([("a", 100), ("b", 300)], Config::round_robin).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..40 {
         let reply = http
@@ -178,11 +128,6 @@ async fn a_round_robin_service_sets_and_reads_no_cookie() -> Result<()> {
     }
     assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
     assert_eq!(counts.get("b"), Some(&30), "{counts:?}");
-    assert_eq!(
-        tether
-            .metric("tether_invalid_cookies_total", &[("service", "echo")])
-            .await?,
-        0.0
-    );
+    assert_eq!(invalid_cookies(&tether, None).await?, 0.0);
     Ok(())
 }

@@ -1,35 +1,20 @@
 //! Drain: weight 0 keeps existing sessions and takes no new one; a removed target's sessions
 //! move; with no target to take a new session, 503.
+use crate::fixtures::{
+    invalid_cookies, outcomes, session_cookie, session_jar, sticky, target_metric,
+};
 use anyhow::{Context, Result};
-use tether_tests::agent::Tether;
-use tether_tests::config::{Config, COOKIE};
-use tether_tests::echo::EchoServer;
-use tether_tests::http::{CookieJar, Http};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-
-async fn counter(tether: &Tether, name: &str, pod: &EchoServer, extra: &[(&str, &str)]) -> f64 {
-    let target = pod.address().to_string();
-    let mut labels = vec![("service", "echo"), ("target", target.as_str())];
-    labels.extend_from_slice(extra);
-    tether.metric(name, &labels).await.expect("metrics")
-}
+use tether_testkit::config::COOKIE;
+use tether_testkit::http::CookieJar;
 
 /// A reload that sets the pinned target's weight to 0: its sessions stay, new ones go elsewhere.
 #[tokio::test]
 async fn weight_zero_keeps_existing_sessions_and_takes_no_new_ones() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 100)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
-    let on_a = CookieJar::with(COOKIE, &http.session_on(&url, COOKIE, "a", 4).await?);
-    let on_b = CookieJar::with(COOKIE, &http.session_on(&url, COOKIE, "b", 4).await?);
-    assert_eq!(
-        counter(&tether, "tether_drained_session_requests_total", &b, &[]).await,
-        0.0
-    );
+    let ([a, b], config, tether, http, url) = sticky(["a", "b"]).await?;
+    let on_a = session_jar(&http, &url, COOKIE, "a", 4).await?;
+    let on_b = session_jar(&http, &url, COOKIE, "b", 4).await?;
+    let drained = "tether_drained_session_requests_total";
+    assert_eq!(target_metric(&tether, drained, &b, &[]).await?, 0.0);
 
     tether
         .reload(
@@ -48,12 +33,9 @@ async fn weight_zero_keeps_existing_sessions_and_takes_no_new_ones() -> Result<(
         assert_eq!(reply.pod(), Some("a"));
     }
     assert_eq!(b.requests() - b_before, 5);
+    assert_eq!(target_metric(&tether, drained, &b, &[]).await?, 5.0);
     assert_eq!(
-        counter(&tether, "tether_drained_session_requests_total", &b, &[]).await,
-        5.0
-    );
-    assert_eq!(
-        counter(&tether, "tether_drained_session_requests_total", &a, &[]).await,
+        target_metric(&tether, drained, &a, &[]).await?,
         0.0,
         "a is not draining"
     );
@@ -84,13 +66,7 @@ async fn weight_zero_keeps_existing_sessions_and_takes_no_new_ones() -> Result<(
 /// A cookie naming a target the reload removed picks anew and gets a new cookie.
 #[tokio::test]
 async fn a_removed_target_s_sessions_are_re_pinned() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let c = EchoServer::start("c")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 100), (c.address(), 100)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
+    let ([a, b, c], config, tether, http, url) = sticky(["a", "b", "c"]).await?;
     let old = http.session_on(&url, COOKIE, "b", 6).await?;
 
     tether
@@ -110,13 +86,13 @@ async fn a_removed_target_s_sessions_are_re_pinned() -> Result<()> {
     assert_ne!(jar.value(), Some(old.as_str()));
     let moved_to_pod = if moved_to == "a" { &a } else { &c };
     assert_eq!(
-        counter(
+        target_metric(
             &tether,
             "tether_repins_total",
             moved_to_pod,
             &[("reason", "target_removed")]
         )
-        .await,
+        .await?,
         1.0
     );
     // The new cookie sticks to the new target; the old one keeps being re-pinned, never to b.
@@ -130,9 +106,7 @@ async fn a_removed_target_s_sessions_are_re_pinned() -> Result<()> {
     }
     assert_eq!(b.requests(), b_before);
     assert_eq!(
-        tether
-            .metric("tether_invalid_cookies_total", &[("service", "echo")])
-            .await?,
+        invalid_cookies(&tether, None).await?,
         0.0,
         "a cookie for a removed target is valid, just re-pinned"
     );
@@ -142,13 +116,8 @@ async fn a_removed_target_s_sessions_are_re_pinned() -> Result<()> {
 /// Every target draining: no new session can start (503), existing ones still work.
 #[tokio::test]
 async fn all_targets_draining_refuses_new_sessions_only() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let b = EchoServer::start("b")?;
-    let config = Config::sticky(&[(a.address(), 100), (b.address(), 100)]);
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    let http = Http::new();
-    let url = tether.url("/");
-    let on_a = format!("{COOKIE}={}", http.session_on(&url, COOKIE, "a", 4).await?);
+    let ([a, b], config, tether, http, url) = sticky(["a", "b"]).await?;
+    let on_a = session_cookie(&http, &url, "a", 4).await?;
 
     tether
         .reload(&config.targets(&[(a.address(), 0), (b.address(), 0)]).yaml())
@@ -162,32 +131,19 @@ async fn all_targets_draining_refuses_new_sessions_only() -> Result<()> {
     let reply = http.get(&url, Some(&on_a)).await?;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.pod(), Some("a"));
-    assert_eq!(
-        tether
-            .metric("tether_request_outcomes_total", &[("outcome", "no_target")])
-            .await?,
-        2.0
-    );
+    assert_eq!(outcomes(&tether, "no_target").await?, 2.0);
     Ok(())
 }
 
 /// A service with no targets answers 503.
 #[tokio::test]
 async fn a_service_without_targets_answers_503() -> Result<()> {
-    let tether = Tether::start(TETHER, &Config::sticky(&[]).yaml()).await?;
-    let http = Http::new();
-    let reply = http.get(&tether.url("/"), None).await?;
+    let ([], _, tether, http, url) = sticky([]).await?;
+    let reply = http.get(&url, None).await?;
     assert_eq!(reply.status, 503);
     assert!(reply.text().contains("no targets"), "{}", reply.text());
-    let reply = http
-        .get(&tether.url("/"), Some("session-id=whatever"))
-        .await?;
+    let reply = http.get(&url, Some("session-id=whatever")).await?;
     assert_eq!(reply.status, 503);
-    assert_eq!(
-        tether
-            .metric("tether_request_outcomes_total", &[("outcome", "no_target")])
-            .await?,
-        2.0
-    );
+    assert_eq!(outcomes(&tether, "no_target").await?, 2.0);
     Ok(())
 }

@@ -12,11 +12,11 @@
 //! - the CRD accepts the example policies and rejects invalid ones, and agrees with tether's
 //!   validator on every fixture (except what Kong allows and tether does not support, which
 //!   the CRD accepts and tether reports).
+use crate::fixtures::{loading_blocking, python_venv};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 
 /// kubernetes-validate's version, pinned so the schemas it carries do not move.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
@@ -59,42 +59,7 @@ fn run(command: &mut Command) -> Result<String> {
 
 /// The venv with kubernetes-validate (created and filled on first use).
 fn venv() -> Result<PathBuf> {
-    static READY: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
-    let mut ready = READY
-        .get_or_init(|| Mutex::new(None))
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?;
-    if let Some(dir) = ready.as_ref() {
-        return Ok(dir.clone());
-    }
-    let dir = target_dir().join("kubernetes-validate-venv");
-    let marker = dir.join(".installed");
-    let installed = std::fs::read_to_string(&marker).unwrap_or_default();
-    if installed.trim() != KUBERNETES_VALIDATE {
-        let _ = std::fs::remove_dir_all(&dir);
-        run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
-            .context("python3 -m venv (Debian: apt-get install python3-venv)")?;
-        let install = || {
-            run(Command::new(dir.join("bin/pip")).args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--retries",
-                "5",
-                KUBERNETES_VALIDATE,
-            ]))
-        };
-        // Once more after a pause: a registry hiccup should not fail the suite.
-        install()
-            .or_else(|_| {
-                std::thread::sleep(std::time::Duration::from_secs(5));
-                install()
-            })
-            .context("pip install kubernetes-validate (from PyPI)")?;
-        std::fs::write(&marker, KUBERNETES_VALIDATE)?;
-    }
-    *ready = Some(dir.clone());
-    Ok(dir)
+    python_venv("kubernetes-validate-venv", KUBERNETES_VALIDATE)
 }
 
 fn kustomize(dir: &Path) -> Result<String> {
@@ -443,6 +408,7 @@ fn fixtures() -> Vec<(Value, Expect)> {
 
 #[test]
 fn the_crd_accepts_valid_policies_and_rejects_invalid_ones() -> Result<()> {
+    let _machine = loading_blocking();
     let fixtures = fixtures();
     let objects: Vec<Value> = fixtures.iter().map(|(o, _)| o.clone()).collect();
     let verdicts = crd_verdicts(&objects)?;
@@ -499,6 +465,7 @@ fn the_crd_accepts_valid_policies_and_rejects_invalid_ones() -> Result<()> {
 /// every spec field tether's PolicySpec knows.
 #[test]
 fn the_crd_matches_tether_s_types() -> Result<()> {
+    let _machine = loading_blocking();
     use kube::Resource;
     use tether::source::kube::resources::KongUpstreamPolicy;
     let crd = crd()?;
@@ -559,6 +526,7 @@ fn the_crd_matches_tether_s_types() -> Result<()> {
 /// The manifests one by one, then every overlay rendered.
 #[test]
 fn every_manifest_and_rendered_overlay_validates() -> Result<()> {
+    let _machine = loading_blocking();
     let mut files = Vec::new();
     collect(&deploy(), &mut files)?;
     files.sort();
@@ -581,7 +549,10 @@ fn every_manifest_and_rendered_overlay_validates() -> Result<()> {
         let unknown = kubernetes_validate(file)?;
         for kind in &unknown {
             ensure!(
-                kind == "KongUpstreamPolicy" || kind == "HTTPRoute",
+                matches!(
+                    kind.as_str(),
+                    "KongUpstreamPolicy" | "HTTPRoute" | "Gateway" | "GatewayClass"
+                ),
                 "{}: no schema for kind {kind}",
                 file.display()
             );
@@ -595,7 +566,11 @@ fn every_manifest_and_rendered_overlay_validates() -> Result<()> {
 
     let rendered_dir = target_dir().join("deploy-rendered");
     std::fs::create_dir_all(&rendered_dir)?;
-    let mut overlays = vec![deploy().join("base"), deploy().join("examples")];
+    let mut overlays = vec![
+        deploy().join("base"),
+        deploy().join("examples"),
+        deploy().join("examples/gateway-api"),
+    ];
     for entry in std::fs::read_dir(deploy().join("overlays"))? {
         overlays.push(entry?.path());
     }
@@ -612,9 +587,10 @@ fn every_manifest_and_rendered_overlay_validates() -> Result<()> {
         std::fs::write(&file, &rendered)?;
         let unknown = kubernetes_validate(&file)?;
         ensure!(
-            unknown
-                .iter()
-                .all(|k| k == "KongUpstreamPolicy" || k == "HTTPRoute"),
+            unknown.iter().all(|k| matches!(
+                k.as_str(),
+                "KongUpstreamPolicy" | "HTTPRoute" | "Gateway" | "GatewayClass"
+            )),
             "{name}: {unknown:?}"
         );
         let docs = documents(&rendered)?;
@@ -651,7 +627,7 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 
 /// The node-local file: valid for `tether run --kubernetes` (proxy, admin, dataplane only).
 fn check_node_config(text: &str, origin: &str) -> Result<()> {
-    let loaded = tether::source::file::parse(text, origin)?;
+    let loaded = tether::source::file::parse_node(text, origin)?;
     ensure!(loaded.model.proxy.is_some(), "{origin}: no proxy section");
     ensure!(
         loaded.model.services.is_empty() && loaded.model.routes.is_empty(),
@@ -686,6 +662,8 @@ fn check_custom(docs: &[Value], policies: &mut Vec<Value>) -> Result<()> {
                         ingress_classes: Vec::new(),
                         kernel: false,
                         node_ip: None,
+                        tls: false,
+                        gateway_classes: Vec::new(),
                     },
                 );
                 ensure!(!translated.routes.is_empty(), "{doc}");
@@ -705,8 +683,34 @@ fn check_custom(docs: &[Value], policies: &mut Vec<Value>) -> Result<()> {
 /// What each overlay promises.
 fn check_overlay(name: &str, docs: &[Value]) -> Result<()> {
     let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind);
+    if name == "examples-gateway-api" {
+        // An HTTPS Gateway of tether's class, with a Secret certificateRef.
+        ensure!(
+            docs.iter().any(|d| d["kind"] == "GatewayClass"
+                && d["spec"]["controllerName"] == "tether.dev/gateway-controller"),
+            "{name}: no GatewayClass of tether's"
+        );
+        ensure!(
+            docs.iter().any(|d| d["kind"] == "Gateway"
+                && d["spec"]["listeners"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l["protocol"] == "HTTPS"
+                        && l["tls"]["certificateRefs"][0]["kind"] == "Secret")),
+            "{name}: no HTTPS Gateway"
+        );
+        return Ok(());
+    }
     let Some(daemonset) = find("DaemonSet") else {
         ensure!(name == "examples", "{name}: no DaemonSet");
+        // HTTPS: an Ingress with spec.tls naming its Secret.
+        ensure!(
+            docs.iter().any(|d| d["kind"] == "Ingress"
+                && d["spec"]["tls"][0]["secretName"].is_string()
+                && d["spec"]["tls"][0]["hosts"][0].is_string()),
+            "{name}: no TLS Ingress"
+        );
         return Ok(());
     };
     let pod = &daemonset["spec"]["template"]["spec"];
@@ -752,6 +756,15 @@ fn check_overlay(name: &str, docs: &[Value]) -> Result<()> {
             ensure!(mounts.contains("/sys/fs/bpf"), "{name}: bpffs");
         }
     }
+    // The TLS listener (certificates from Secrets): its port, and Secrets readable.
+    ensure!(
+        container["ports"].to_string().contains("8443"),
+        "{name}: the TLS port"
+    );
+    ensure!(
+        resources.iter().any(|r| r == "secrets"),
+        "{name}: {resources:?}"
+    );
     let drain = env("TETHER_ENABLE_DRAIN_SUPPORT");
     let dialects = env("TETHER_DIALECTS");
     match name {
@@ -759,14 +772,35 @@ fn check_overlay(name: &str, docs: &[Value]) -> Result<()> {
         "overlays-ingress-nginx" => {
             ensure!(dialects.as_deref() == Some("ingress-nginx"));
             ensure!(
-                resources == ["services", "endpointslices", "ingresses", "events"],
+                resources
+                    == [
+                        "services",
+                        "endpointslices",
+                        "ingresses",
+                        "secrets",
+                        "events"
+                    ],
                 "{resources:?}"
             );
         }
         "overlays-gateway-api" => {
             ensure!(dialects.as_deref() == Some("gateway-api") && drain.as_deref() == Some("true"));
             ensure!(
-                resources == ["services", "endpointslices", "httproutes", "events"],
+                resources
+                    == [
+                        "services",
+                        "endpointslices",
+                        "httproutes",
+                        "gatewayclasses",
+                        "gateways",
+                        "referencegrants",
+                        "httproutes/status",
+                        "gatewayclasses/status",
+                        "gateways/status",
+                        "namespaces",
+                        "secrets",
+                        "events"
+                    ],
                 "{resources:?}"
             );
         }
@@ -783,11 +817,25 @@ fn check_overlay(name: &str, docs: &[Value]) -> Result<()> {
     let role = find("Role").context("Role")?;
     ensure!(role["metadata"]["namespace"] == "tether-system");
     ensure!(role["rules"][0]["resourceNames"] == json!(["tether-cookie-key"]));
-    // Every verb on the cluster is read-only, except creating Events.
+    // The status Lease: read and renewed by name, created in tether's namespace only.
+    let lease_rules = role["rules"].to_string();
+    ensure!(
+        lease_rules.contains("leases") && lease_rules.contains("tether-status"),
+        "{name}: {lease_rules}"
+    );
+    // Every verb on the cluster is read-only, except creating Events and patching Gateway API
+    // status.
     for rule in rules.as_array().into_iter().flatten() {
         let verbs = rule["verbs"].clone();
         if rule["resources"] == json!(["events"]) {
             ensure!(verbs == json!(["create"]), "{rule}");
+        } else if rule["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| r.as_str().is_some_and(|r| r.ends_with("/status")))
+        {
+            ensure!(verbs == json!(["patch"]), "{rule}");
         } else {
             ensure!(verbs == json!(["get", "list", "watch"]), "{rule}");
         }
@@ -799,6 +847,7 @@ fn check_overlay(name: &str, docs: &[Value]) -> Result<()> {
 /// same schema validation.
 #[test]
 fn the_objects_tether_creates_validate() -> Result<()> {
+    let _machine = loading_blocking();
     use tether::source::kube::{events, secret, translate};
     let finding = translate::Finding {
         regarding: translate::ObjectRef {

@@ -9,6 +9,7 @@
 //! XDP DNAT or the TC reverse NAT would show as a connection that never completes.
 //!
 //! Privileged: root runs them; otherwise they fail, unless `TETHER_SKIP_PRIVILEGED=1`.
+use crate::fixtures::{dataplane_ready, loading_blocking, TETHER};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -20,9 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tether_tests::netns::{privileged, require_kernel, unique, veth, Netns};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use tether_testkit::netns::{privileged, unique, veth, Netns};
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP_PORT: u16 = 80;
 const POD_PORT: u16 = 8080;
@@ -439,6 +438,23 @@ impl Lab {
         Ok(listed.map(|entry| entry["delivery"].clone()))
     }
 
+    /// Waits until `tether maps interfaces` lists `interface` with `delivery`.
+    fn wait_for_delivery(&self, interface: &str, delivery: Delivery) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let listed = self.delivery_to(interface)?;
+            if listed == Some(Value::from(delivery.name())) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{interface} listed with delivery {listed:?}, expected {delivery:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `tc filter show dev INTERFACE HOOK` in the node's namespace.
     fn tc_filters(&self, interface: &str, hook: &str) -> Result<String> {
         let output = self
@@ -583,18 +599,6 @@ fn pod_index(name: &str) -> Result<usize> {
         .with_context(|| format!("pod name {name}"))
 }
 
-fn ready(test: &str) -> bool {
-    if !privileged(test) {
-        return false;
-    }
-    require_kernel(
-        tether::dataplane::MIN_KERNEL.0,
-        tether::dataplane::MIN_KERNEL.1,
-        "the kernel data plane (bpf_link for XDP and TCX)",
-    );
-    true
-}
-
 /// Opens a long-lived connection, then drains its pod (weight 0) and waits for the maps to show
 /// it: the connection, its pod's name and index.
 fn drain_a_long_connections_pod(lab: &Lab) -> Result<(Connection, String, usize)> {
@@ -631,9 +635,10 @@ fn all_active() -> Vec<(usize, u32)> {
 /// connection survives a restart of the agent (and the time it is down).
 #[test]
 fn drained_flows_stay_and_survive_an_agent_restart() -> Result<()> {
-    if !ready("drained_flows_stay_and_survive_an_agent_restart") {
+    if !dataplane_ready("drained_flows_stay_and_survive_an_agent_restart") {
         return Ok(());
     }
+    let _machine = loading_blocking();
     let mut lab = Lab::new("drain")?;
     lab.configure(&all_active())?;
     lab.start_agent()?;
@@ -700,9 +705,10 @@ fn drained_flows_stay_and_survive_an_agent_restart() -> Result<()> {
 /// gets them resets the connection) and only those; `tether cleanup` then detaches everything.
 #[test]
 fn removing_a_target_ends_only_its_flows() -> Result<()> {
-    if !ready("removing_a_target_ends_only_its_flows") {
+    if !dataplane_ready("removing_a_target_ends_only_its_flows") {
         return Ok(());
     }
+    let _machine = loading_blocking();
     let mut lab = Lab::new("remove")?;
     lab.configure(&all_active())?;
     lab.start_agent()?;
@@ -834,9 +840,10 @@ fn maps_and_cleanup_explain_what_is_missing() -> Result<()> {
 /// configuration puts the stack back in the path.
 #[test]
 fn pod_interfaces_skip_the_nodes_forwarding_both_ways() -> Result<()> {
-    if !ready("pod_interfaces_skip_the_nodes_forwarding_both_ways") {
+    if !dataplane_ready("pod_interfaces_skip_the_nodes_forwarding_both_ways") {
         return Ok(());
     }
+    let _machine = loading_blocking();
     // Generic XDP (skb mode) hands the peer path's mark on too; netlink TC filters (kernels
     // before 6.6) do what TCX links do.
     for (delivery, xdp_mode, tc_attach) in [
@@ -923,6 +930,9 @@ fn skip_the_nodes_forwarding(
     // and its flows take the same path.
     lab.add_pod(PODS)?;
     lab.wait_for_pod_links(&["p0", "p1", "p2", "p3"])?;
+    // A rescan may see the veth before its pod side is set up (GRO for the redirect path) and
+    // record it as stack-only; the next one corrects that. Only then is the path fully ours.
+    lab.wait_for_delivery("p3", delivery)?;
     let mut targets = all_active();
     targets.push((PODS, 100));
     let states: Vec<(usize, &str)> = (0..=PODS).map(|pod| (pod, "active")).collect();
@@ -1013,9 +1023,10 @@ fn skip_the_nodes_forwarding(
 /// back when it turns GRO off again.
 #[test]
 fn a_pod_veth_without_napi_is_served_by_the_stack() -> Result<()> {
-    if !ready("a_pod_veth_without_napi_is_served_by_the_stack") {
+    if !dataplane_ready("a_pod_veth_without_napi_is_served_by_the_stack") {
         return Ok(());
     }
+    let _machine = loading_blocking();
     let mut lab = Lab::delivering("nonapi", Delivery::Redirect)?;
     lab.pod_namespaces[0].set_gro("eth0", false)?;
     let only_pod_0 = [(0, 100)];
@@ -1085,9 +1096,10 @@ fn interfaces_rescan() -> Duration {
 /// application would wait for an answer that never comes.
 #[test]
 fn icmp_errors_from_a_pod_reach_the_clients_socket() -> Result<()> {
-    if !ready("icmp_errors_from_a_pod_reach_the_clients_socket") {
+    if !dataplane_ready("icmp_errors_from_a_pod_reach_the_clients_socket") {
         return Ok(());
     }
+    let _machine = loading_blocking();
     for delivery in [None, Some(Delivery::Redirect), Some(Delivery::Peer)] {
         let mut lab = match delivery {
             None => Lab::new("icmp")?,

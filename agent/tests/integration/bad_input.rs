@@ -1,27 +1,13 @@
 //! Input no good client sends: malformed requests get 400, oversized heads 431, clients too slow
 //! to send their head are cut off; each is counted, and tether keeps serving.
+use crate::fixtures::{pods, settled_outcomes, sticky, sticky_with, TETHER};
 use anyhow::Result;
 use std::time::Duration;
-use tether_tests::agent::Tether;
-use tether_tests::config::Config;
-use tether_tests::echo::EchoServer;
-use tether_tests::http::{raw_exchange, Http};
+use tether_testkit::agent::Tether;
+use tether_testkit::config::Config;
+use tether_testkit::http::{raw_exchange, Http};
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// The count of `outcome`, once it reached `expected` (or 5 s passed): connection-level outcomes
-/// are counted as the connection ends, a moment after the client got its answer.
-async fn outcome(tether: &Tether, outcome: &str, expected: f64) -> f64 {
-    tether
-        .settled_metric(
-            "tether_request_outcomes_total",
-            &[("outcome", outcome)],
-            expected,
-        )
-        .await
-        .expect("metrics")
-}
 
 /// Still running, still serving, and no panic in its logs.
 async fn still_serving(tether: &mut Tether) {
@@ -36,8 +22,7 @@ async fn still_serving(tether: &mut Tether) {
 
 #[tokio::test]
 async fn malformed_requests_get_400() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let mut tether = Tether::start(TETHER, &Config::sticky(&[(a.address(), 100)]).yaml()).await?;
+    let ([a], _, mut tether, _, _) = sticky(["a"]).await?;
     let cases: [&[u8]; 6] = [
         b"NOT AN HTTP REQUEST\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost a\r\n\r\n",
@@ -57,7 +42,10 @@ async fn malformed_requests_get_400() -> Result<()> {
         assert!(reply.closed, "case {index}: the connection stays open");
     }
     let count = cases.len() as f64;
-    assert_eq!(outcome(&tether, "bad_request", count).await, count);
+    assert_eq!(
+        settled_outcomes(&tether, "bad_request", count).await?,
+        count
+    );
     assert_eq!(a.requests(), 0, "nothing malformed reached the target");
     still_serving(&mut tether).await;
     Ok(())
@@ -89,8 +77,7 @@ async fn limit_is_exact(tether: &Tether, limit: usize) -> Result<()> {
 
 #[tokio::test]
 async fn oversized_heads_get_431() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let mut tether = Tether::start(TETHER, &Config::sticky(&[(a.address(), 100)]).yaml()).await?;
+    let ([a], _, mut tether, _, _) = sticky(["a"]).await?;
     // The default limit is 16 KiB.
     limit_is_exact(&tether, 16 * 1024).await?;
     // Many headers, or a long request line, count as much as one long header.
@@ -121,7 +108,10 @@ async fn oversized_heads_get_431() -> Result<()> {
         )
         .await?;
     assert_eq!(reply.status, 431);
-    assert_eq!(outcome(&tether, "header_too_large", 6.0).await, 6.0);
+    assert_eq!(
+        settled_outcomes(&tether, "header_too_large", 6.0).await?,
+        6.0
+    );
     assert_eq!(a.requests(), 1, "only the head at the limit was forwarded");
     still_serving(&mut tether).await;
     Ok(())
@@ -130,13 +120,13 @@ async fn oversized_heads_get_431() -> Result<()> {
 /// proxy.maxHeaderBytes moves the limit.
 #[tokio::test]
 async fn max_header_bytes_is_configurable() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let config = Config::sticky(&[(a.address(), 100)]).proxy("maxHeaderBytes: 65536");
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    limit_is_exact(&tether, 65536).await?;
-    let config = Config::sticky(&[(a.address(), 100)]).proxy("maxHeaderBytes: 8192");
-    let tether = Tether::start(TETHER, &config.yaml()).await?;
-    limit_is_exact(&tether, 8192).await?;
+    let [a] = pods(["a"])?;
+    for limit in [65536, 8192] {
+        let config =
+            Config::sticky(&[(a.address(), 100)]).proxy(&format!("maxHeaderBytes: {limit}"));
+        let tether = Tether::start(TETHER, &config.yaml()).await?;
+        limit_is_exact(&tether, limit).await?;
+    }
     Ok(())
 }
 
@@ -144,9 +134,8 @@ async fn max_header_bytes_is_configurable() -> Result<()> {
 /// the other clients are served meanwhile.
 #[tokio::test]
 async fn slow_clients_are_cut_off() -> Result<()> {
-    let a = EchoServer::start("a")?;
-    let config = Config::sticky(&[(a.address(), 100)]).proxy("timeouts: {headerRead: 1s}");
-    let mut tether = Tether::start(TETHER, &config.yaml()).await?;
+    let ([a], _, mut tether, _, _) =
+        sticky_with(["a"], |config| config.proxy("timeouts: {headerRead: 1s}")).await?;
     let partial = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ";
     let slow = {
         let proxy = tether.proxy();
@@ -172,7 +161,7 @@ async fn slow_clients_are_cut_off() -> Result<()> {
         assert!(reply.status().is_none_or(|s| s >= 400), "{reply:?}");
     }
     assert_eq!(a.requests(), 1);
-    assert_eq!(outcome(&tether, "client_timeout", 2.0).await, 2.0);
+    assert_eq!(settled_outcomes(&tether, "client_timeout", 2.0).await?, 2.0);
     still_serving(&mut tether).await;
     Ok(())
 }

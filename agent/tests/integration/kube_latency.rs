@@ -1,16 +1,15 @@
 //! How long an EndpointSlice change takes to reach the proxy: from the moment the fake API
 //! server sends the MODIFIED event on the watch stream until the proxy routes by it, over 50
-//! changes; p50 and p99 are printed (`cargo test --test kube_latency -- --nocapture`), with
+//! changes; p50 and p99 are printed (`cargo test --test integration kube_latency -- --nocapture`), with
 //! tether's own measure (`tether_kube_change_to_proxy_seconds`: first watch event of a burst →
 //! tables swapped). Bounds are generous: this is a record, not a benchmark, and the machine is
 //! shared.
+use crate::fixtures::{dataplane_ready, pods, timing, timing_blocking, TETHER};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
-use tether_tests::cluster::{self, Endpoint, NS};
-use tether_tests::http::Http;
-use tether_tests::kube_lab::Lab;
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use tether_testkit::cluster::{self, Endpoint, NS};
+use tether_testkit::http::Http;
+use tether_testkit::kube_lab::Lab;
 const CHANGES: usize = 50;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -20,12 +19,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test]
 async fn endpoint_slice_change_to_proxy() -> Result<()> {
+    let _machine = timing().await;
     // One slice whose single endpoint flips between pod a and pod b.
     let lab = Lab::new(&[], vec![cluster::echo_route()])?;
-    let a = tether_tests::echo::EchoServer::start("a")?;
-    let b = tether_tests::echo::EchoServer::start("b")?;
+    let [a, b] = pods(["a", "b"])?;
     // Each pod's port differs; the one slice holds whichever pod is current.
-    let slice = |pod: &tether_tests::echo::EchoServer| {
+    let slice = |pod: &tether_testkit::echo::EchoServer| {
         cluster::endpoint_slice(
             NS,
             "echo-flip",
@@ -68,9 +67,12 @@ async fn endpoint_slice_change_to_proxy() -> Result<()> {
         samples[samples.len() - 1],
     );
     let metrics = tether.metrics().await?;
-    let internal_sum =
-        tether_tests::agent::metric_value(&metrics, "tether_kube_change_to_proxy_seconds_sum", &[]);
-    let internal_count = tether_tests::agent::metric_value(
+    let internal_sum = tether_testkit::agent::metric_value(
+        &metrics,
+        "tether_kube_change_to_proxy_seconds_sum",
+        &[],
+    );
+    let internal_count = tether_testkit::agent::metric_value(
         &metrics,
         "tether_kube_change_to_proxy_seconds_count",
         &[],
@@ -97,22 +99,18 @@ async fn endpoint_slice_change_to_proxy() -> Result<()> {
 /// Privileged (root, the kernel object, a kernel with bpf_link for XDP and TCX).
 #[test]
 fn endpoint_slice_change_to_maps() -> Result<()> {
-    use tether_tests::netns::{privileged, require_kernel, unique, veth, Netns};
-    if !privileged("endpoint_slice_change_to_maps") {
+    use tether_testkit::netns::{unique, veth, Netns};
+    if !dataplane_ready("endpoint_slice_change_to_maps") {
         return Ok(());
     }
-    require_kernel(
-        tether::dataplane::MIN_KERNEL.0,
-        tether::dataplane::MIN_KERNEL.1,
-        "the kernel data plane (bpf_link for XDP and TCX)",
-    );
+    let _machine = timing_blocking();
     let id = unique("tkl");
     let node = Netns::new(format!("{id}-n"))?;
     let peer = Netns::new(format!("{id}-c"))?;
     veth(&peer, "c0", &node, "n0")?;
     let listener = node.run(|| std::net::TcpListener::bind("127.0.0.1:0"))??;
-    let api = tether_tests::fake_apiserver::FakeApiServer::start_on(listener)?;
-    let dir = tether_tests::agent::TempDir::new("maps-latency")?;
+    let api = tether_testkit::fake_apiserver::FakeApiServer::start_on(listener)?;
+    let dir = tether_testkit::agent::TempDir::new("maps-latency")?;
     let pins = std::path::PathBuf::from("/sys/fs/bpf").join(&id);
     let config = dir.path().join("tether.yaml");
     std::fs::write(

@@ -2,21 +2,19 @@
 //! replayed end to end: the real `tether run --kubernetes` against a fake API server that
 //! speaks the list/watch protocol, with in-process echo pods. The same story through
 //! ingress-nginx annotations and through Gateway API sessionPersistence.
+use crate::fixtures::{new_sessions, session_jar, sticky_echo, TETHER};
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use std::collections::BTreeSet;
-use tether_tests::agent::Tether;
-use tether_tests::cluster::{self, annotate, NS};
-use tether_tests::http::{CookieJar, Http};
-use tether_tests::kube_lab::{applied_after, eventually, Lab};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use tether_testkit::agent::Tether;
+use tether_testkit::cluster::{self, annotate, NS};
+use tether_testkit::http::{CookieJar, Http};
+use tether_testkit::kube_lab::{applied_after, eventually, Lab};
 const POLICY: &str = "konghq.com/upstream-policy";
 
 /// New sessions (no cookie) until one lands on `pod`; its cookie.
 async fn session_on(http: &Http, url: &str, cookie: &str, pod: &str) -> Result<CookieJar> {
-    let value = http.session_on(url, cookie, pod, 30).await?;
-    Ok(CookieJar::with(cookie, &value))
+    session_jar(http, url, cookie, pod, 30).await
 }
 
 /// `count` requests with the jar's cookie: every one on `pod`, none re-issuing the cookie.
@@ -38,22 +36,6 @@ async fn stays_on(http: &Http, url: &str, jar: &CookieJar, pod: &str, count: usi
     Ok(())
 }
 
-/// The pods `count` new sessions land on.
-async fn new_sessions(http: &Http, url: &str, count: usize) -> Result<Vec<String>> {
-    let mut pods = Vec::new();
-    for _ in 0..count {
-        let reply = http.get(url, None).await?;
-        ensure!(
-            reply.status == 200,
-            "status {}: {}",
-            reply.status,
-            reply.text()
-        );
-        pods.push(reply.pod().context("x-pod")?.to_string());
-    }
-    Ok(pods)
-}
-
 /// A request with the jar's (old) cookie lands elsewhere and gets a new cookie.
 async fn re_pinned(http: &Http, url: &str, jar: &mut CookieJar, away_from: &str) -> Result<String> {
     let old = jar.value().map(str::to_string);
@@ -64,6 +46,34 @@ async fn re_pinned(http: &Http, url: &str, jar: &mut CookieJar, away_from: &str)
     ensure!(jar.update(&reply), "no new cookie after re-pinning");
     ensure!(jar.value().map(str::to_string) != old, "the same cookie");
     Ok(pod)
+}
+
+/// A session on `pod` (cookie `cookie`) stays there for `follow_ups` requests; `pod` turns
+/// terminating: the session stays, new sessions avoid it; `pod` is gone: the session re-pins.
+async fn drains_then_re_pins(
+    lab: &Lab,
+    tether: &Tether,
+    url: &str,
+    cookie: &str,
+    pod: &str,
+    follow_ups: usize,
+) -> Result<()> {
+    let http = Http::new();
+    let on_pod = session_on(&http, url, cookie, pod).await?;
+    stays_on(&http, url, &on_pod, pod, follow_ups).await?;
+    let before = tether.generation().await?;
+    lab.terminating(pod);
+    applied_after(tether, before).await?;
+    stays_on(&http, url, &on_pod, pod, 5).await?;
+    let landed = new_sessions(&http, url, 20).await?;
+    ensure!(!landed.iter().any(|p| p == pod), "{landed:?}");
+
+    let before = tether.generation().await?;
+    lab.gone(pod);
+    applied_after(tether, before).await?;
+    let mut jar = on_pod;
+    re_pinned(&http, url, &mut jar, pod).await?;
+    Ok(())
 }
 
 /// The how-to: policy attached → sticky; scale down → the terminating pod drains with its
@@ -157,14 +167,7 @@ async fn the_kong_how_to_with_drain_support() -> Result<()> {
 /// its sessions re-pin at the next request.
 #[tokio::test]
 async fn without_drain_support_a_terminating_pod_is_removed_at_once() -> Result<()> {
-    let lab = Lab::new(
-        &["a", "b", "c"],
-        vec![
-            cluster::echo_route(),
-            cluster::sticky_policy("session_id"),
-            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
-        ],
-    )?;
+    let lab = Lab::new(&["a", "b", "c"], sticky_echo("session_id"))?;
     let tether = lab.tether(TETHER, &[]).await?;
     let http = Http::new();
     let url = tether.url("/echo");
@@ -203,21 +206,7 @@ async fn ingress_nginx_affinity_with_drain() -> Result<()> {
     }
     ensure!(!header.contains("Secure"), "{header}");
 
-    let on_a = session_on(&http, &url, "INGRESSCOOKIE", "a").await?;
-    stays_on(&http, &url, &on_a, "a", 5).await?;
-    let before = tether.generation().await?;
-    lab.terminating("a");
-    applied_after(&tether, before).await?;
-    stays_on(&http, &url, &on_a, "a", 5).await?;
-    let landed = new_sessions(&http, &url, 20).await?;
-    ensure!(!landed.iter().any(|p| p == "a"), "{landed:?}");
-
-    let before = tether.generation().await?;
-    lab.gone("a");
-    applied_after(&tether, before).await?;
-    let mut jar = on_a;
-    re_pinned(&http, &url, &mut jar, "a").await?;
-    Ok(())
+    drains_then_re_pins(&lab, &tether, &url, "INGRESSCOOKIE", "a", 5).await
 }
 
 /// The same through Gateway API sessionPersistence: a Session cookie (no Expires, no Max-Age)
@@ -247,27 +236,14 @@ async fn gateway_api_session_persistence_with_drain() -> Result<()> {
         "{header}"
     );
 
-    let on_c = session_on(&http, &url, "gw-session", "c").await?;
-    stays_on(&http, &url, &on_c, "c", 50).await?;
-    let before = tether.generation().await?;
-    lab.terminating("c");
-    applied_after(&tether, before).await?;
-    stays_on(&http, &url, &on_c, "c", 5).await?;
-    let landed = new_sessions(&http, &url, 20).await?;
-    ensure!(!landed.iter().any(|p| p == "c"), "{landed:?}");
-    let before = tether.generation().await?;
-    lab.gone("c");
-    applied_after(&tether, before).await?;
-    let mut jar = on_c;
-    re_pinned(&http, &url, &mut jar, "c").await?;
-    Ok(())
+    drains_then_re_pins(&lab, &tether, &url, "gw-session", "c", 50).await
 }
 
 /// Weighted backendRefs: new sessions follow the weights; sessions stay where they are.
 #[tokio::test]
 async fn weighted_backend_refs_are_honoured_for_new_sessions() -> Result<()> {
     let lab = Lab::new(&["a", "b", "c"], Vec::new())?;
-    let d = tether_tests::echo::EchoServer::start("d")?;
+    let d = tether_testkit::echo::EchoServer::start("d")?;
     lab.api
         .apply(cluster::service(NS, "canary", &[("http", 1027, "TCP")]));
     lab.api.apply(cluster::endpoint_slice(
@@ -310,14 +286,7 @@ async fn weighted_backend_refs_are_honoured_for_new_sessions() -> Result<()> {
 /// watches resume and new changes apply.
 #[tokio::test]
 async fn the_api_server_lost_keeps_the_last_tables() -> Result<()> {
-    let mut lab = Lab::new(
-        &["a", "b"],
-        vec![
-            cluster::echo_route(),
-            cluster::sticky_policy("session_id"),
-            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
-        ],
-    )?;
+    let mut lab = Lab::new(&["a", "b"], sticky_echo("session_id"))?;
     let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
     let http = Http::new();
     let url = tether.url("/echo");
@@ -400,7 +369,7 @@ async fn gone_410_relists_without_dropping_a_target() -> Result<()> {
     for line in tether
         .logs()
         .lines()
-        .filter(|l| l.contains("model applied"))
+        .filter(|l| l.contains("configuration applied"))
     {
         let targets = line
             .split_whitespace()
@@ -510,14 +479,7 @@ async fn conflicts_and_invalid_policies_are_events() -> Result<()> {
 /// valid on the other.
 #[tokio::test]
 async fn agents_share_the_cookie_secret_even_after_a_create_race() -> Result<()> {
-    let lab = Lab::new(
-        &["a", "b", "c"],
-        vec![
-            cluster::echo_route(),
-            cluster::sticky_policy("session_id"),
-            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
-        ],
-    )?;
+    let lab = Lab::new(&["a", "b", "c"], sticky_echo("session_id"))?;
     lab.api.race_secret_create(json!({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": "tether-cookie-key", "namespace": NS},
@@ -671,14 +633,7 @@ async fn bursts_are_coalesced() -> Result<()> {
 /// KUBECONFIG (the inferred configuration: in a pod it falls back to the service account).
 #[tokio::test]
 async fn kic_s_drain_variable_and_an_inferred_kubeconfig() -> Result<()> {
-    let lab = Lab::new(
-        &["a", "b"],
-        vec![
-            cluster::echo_route(),
-            cluster::sticky_policy("session_id"),
-            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
-        ],
-    )?;
+    let lab = Lab::new(&["a", "b"], sticky_echo("session_id"))?;
     let tether = lab
         .tether_with(
             TETHER,
@@ -705,10 +660,10 @@ async fn starts_once_the_api_server_is_up() -> Result<()> {
     let mut lab = Lab::new(&["a"], vec![cluster::echo_route()])?;
     lab.api.stop();
     let kubeconfig = lab.api.kubeconfig(lab.dir.path())?;
-    let config = tether_tests::agent::TempDir::new("late-api")?;
+    let config = tether_testkit::agent::TempDir::new("late-api")?;
     let log = config.path().join("tether.log");
     let file = config.path().join("tether.yaml");
-    let admin = tether_tests::agent::free_port()?;
+    let admin = tether_testkit::agent::free_port()?;
     std::fs::write(
         &file,
         format!("proxy:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:{admin}\n"),
@@ -795,14 +750,7 @@ async fn a_deleted_cookie_secret_is_put_back() -> Result<()> {
 /// draining pods, new sessions get 503, and the agent says so.
 #[tokio::test]
 async fn no_ready_endpoint_means_503_for_new_sessions() -> Result<()> {
-    let lab = Lab::new(
-        &["a", "b"],
-        vec![
-            cluster::echo_route(),
-            cluster::sticky_policy("session_id"),
-            annotate(cluster::echo_service(), POLICY, "sticky-session-policy"),
-        ],
-    )?;
+    let lab = Lab::new(&["a", "b"], sticky_echo("session_id"))?;
     let tether = lab.tether(TETHER, &["--enable-drain-support"]).await?;
     let http = Http::new();
     let url = tether.url("/echo");
@@ -842,7 +790,7 @@ async fn no_ready_endpoint_means_503_for_new_sessions() -> Result<()> {
 /// what tether trusts.
 #[tokio::test]
 async fn https_with_the_kubeconfig_s_ca() -> Result<()> {
-    use tether_tests::fake_apiserver::{FakeApiServer, Tls};
+    use tether_testkit::fake_apiserver::{FakeApiServer, Tls};
     let api = FakeApiServer::start_tls(Tls::generate()?)?;
     ensure!(api.url().starts_with("https://"));
     let lab = Lab::on(api, &["a"], vec![cluster::echo_route()])?;
@@ -860,8 +808,8 @@ async fn https_with_the_kubeconfig_s_ca() -> Result<()> {
 async fn in_cluster_with_the_service_account() -> Result<()> {
     use std::ffi::CString;
     use std::os::unix::process::CommandExt;
-    use tether_tests::fake_apiserver::{FakeApiServer, Tls, TOKEN};
-    if !tether_tests::netns::privileged("in_cluster_with_the_service_account") {
+    use tether_testkit::fake_apiserver::{FakeApiServer, Tls, TOKEN};
+    if !tether_testkit::netns::privileged("in_cluster_with_the_service_account") {
         return Ok(());
     }
     let tls = Tls::generate()?;
@@ -871,8 +819,8 @@ async fn in_cluster_with_the_service_account() -> Result<()> {
         &["a"],
         vec![cluster::echo_route()],
     )?;
-    let dir = tether_tests::agent::TempDir::new("in-cluster")?;
-    let admin = tether_tests::agent::free_port()?;
+    let dir = tether_testkit::agent::TempDir::new("in-cluster")?;
+    let admin = tether_testkit::agent::free_port()?;
     let file = dir.path().join("tether.yaml");
     std::fs::write(
         &file,
