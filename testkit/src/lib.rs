@@ -17,6 +17,7 @@
 //!
 //! - [`echo`]: the echo backend (also the `tether-echo` binary of the demo and benchmarks), and
 //!   [`echo::EchoServer`] to run it in-process, stop it and start it again;
+//! - [`certs`]: self-signed certificates (also the `tether-testcert` binary);
 //! - [`agent`]: the real `tether` process, its configuration file, reloads, logs and metrics;
 //! - [`http`]: a hyper client, a session-cookie jar, and raw sockets for malformed input;
 //! - [`config`]: the YAML of a sticky-sessions service, built to each test's needs;
@@ -34,6 +35,8 @@ pub mod process;
 
 #[cfg(feature = "full")]
 pub mod agent;
+#[cfg(feature = "full")]
+pub mod certs;
 #[cfg(feature = "full")]
 pub mod cluster;
 #[cfg(feature = "full")]

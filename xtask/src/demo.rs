@@ -5,15 +5,17 @@ use crate::util::build_release_binaries;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tether_testkit::binaries::{start_echo, sticky_config, tether_command, weighted_target};
 use tether_testkit::fs::{write_atomically, TempDir};
 use tether_testkit::net::{config_generation, free_ports, http_get, loopback, HttpResponse};
-use tether_testkit::process::Proc;
+use tether_testkit::process::{run_checked, Proc};
 
 const COOKIE: &str = "session-id";
+/// The HTTPS site's name (curl resolves it to the TLS listener).
+const SITE: &str = "shop.example";
 
 #[derive(clap::Args)]
 pub struct Options {}
@@ -28,9 +30,10 @@ struct Pod {
 pub fn run(_options: &Options) -> Result<()> {
     let bin = build_release_binaries()?;
     let scratch = TempDir::new("demo")?;
-    let ports = free_ports(5)?;
+    let ports = free_ports(6)?;
     let proxy = loopback(ports[0]);
     let admin = loopback(ports[1]);
+    let https = loopback(ports[5]);
     let mut pods: Vec<Pod> = (0..3)
         .map(|i| Pod {
             name: format!("pod-{}", i + 1),
@@ -43,8 +46,14 @@ pub fn run(_options: &Options) -> Result<()> {
     for pod in &pods {
         backends.push(start_echo(&bin, scratch.path(), &pod.name, pod.address)?);
     }
+    let site = Site::new(&bin, scratch.path(), https)?;
     let config = scratch.path().join("tether.yaml");
-    write_config(&config, proxy, admin, &pods)?;
+    let listeners = Listeners {
+        proxy,
+        admin,
+        tls: site.proxy_yaml(),
+    };
+    write_config(&config, &listeners, &pods)?;
     let mut command = tether_command(Command::new(bin.join("tether")), &config);
     command
         .arg("--session-key")
@@ -83,15 +92,51 @@ pub fn run(_options: &Options) -> Result<()> {
         "requests without a cookie all went to one pod: {without:?}"
     );
 
+    step("3. The same session over HTTPS, with HTTP/2");
+    println!(
+        "$ curl -i --http2 --cacert site.pem --resolve {SITE}:{port}:127.0.0.1 \\\n    \
+         -H 'Cookie: {cookie}' https://{SITE}:{port}/echo",
+        port = https.port()
+    );
+    let over_h2 = site.curl(Some(&cookie))?;
+    show_curl(&over_h2);
+    ensure!(
+        over_h2.status_line.starts_with("HTTP/2 "),
+        "curl did not speak HTTP/2 over TLS: {}",
+        over_h2.status_line
+    );
+    ensure!(
+        over_h2.pod == pinned,
+        "the session's HTTP/2 request reached {}, not {pinned}",
+        over_h2.pod
+    );
+    println!(
+        "\nTLS offered h2 (ALPN), and the cookie kept the session on {pinned}. A new session \
+         over HTTPS gets its cookie the same way:\n"
+    );
+    println!(
+        "$ curl -i --http2 --cacert site.pem --resolve {SITE}:{port}:127.0.0.1 https://{SITE}:{port}/echo",
+        port = https.port()
+    );
+    let fresh_h2 = site.curl(None)?;
+    show_curl(&fresh_h2);
+    ensure!(
+        fresh_h2
+            .set_cookie
+            .as_deref()
+            .is_some_and(|c| c.starts_with(&format!("{COOKIE}="))),
+        "a new HTTPS session got no {COOKIE} cookie"
+    );
+
     step(&format!(
-        "3. {pinned} starts terminating: drained (weight 0)"
+        "4. {pinned} starts terminating: drained (weight 0)"
     ));
     let drained = pods
         .iter_mut()
         .find(|p| p.name == pinned)
         .context("pinned pod is not one of ours")?;
     drained.weight = 0;
-    apply(&config, proxy, admin, &pods, &mut tether)?;
+    apply(&config, &listeners, &pods, &mut tether)?;
     println!("The configuration now lists {pinned} with weight 0.\n");
     println!("$ curl -H 'Cookie: {cookie}' http://{proxy}/echo   # the existing session");
     let kept = replay(proxy, Some(&cookie), 3)?;
@@ -108,11 +153,11 @@ pub fn run(_options: &Options) -> Result<()> {
     );
     println!("\nNo new session goes to {pinned}.");
 
-    step(&format!("4. {pinned} is gone: removed from the targets"));
+    step(&format!("5. {pinned} is gone: removed from the targets"));
     if let Some(pod) = pods.iter_mut().find(|p| p.name == pinned) {
         pod.present = false;
     }
-    apply(&config, proxy, admin, &pods, &mut tether)?;
+    apply(&config, &listeners, &pods, &mut tether)?;
     println!("$ curl -i -H 'Cookie: {cookie}' http://{proxy}/echo");
     let moved = http_get(proxy, "/echo", &[("Cookie", &cookie)])?;
     show_response(&moved);
@@ -150,11 +195,117 @@ pub fn run(_options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The demo's HTTPS site: a self-signed certificate for [`SITE`] (made by `tether-testcert`)
+/// served on `address`, and curl trusting it.
+struct Site {
+    address: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// What curl showed of an HTTPS response.
+struct Curled {
+    status_line: String,
+    set_cookie: Option<String>,
+    pod: String,
+}
+
+impl Site {
+    fn new(bin: &Path, dir: &Path, address: SocketAddr) -> Result<Self> {
+        run_checked(
+            Command::new(bin.join("tether-testcert"))
+                .arg("--dir")
+                .arg(dir)
+                .args(["--file", "site", "--name", SITE]),
+        )?;
+        Ok(Self {
+            address,
+            cert: dir.join("site.pem"),
+            key: dir.join("site.key"),
+        })
+    }
+
+    fn proxy_yaml(&self) -> String {
+        format!(
+            "  tls:\n    listen: {}\n    certificates:\n      - {{certFile: {}, keyFile: {}}}\n",
+            self.address,
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+
+    /// `curl -i --http2` for `/echo` on the site, with `cookie` if given.
+    fn curl(&self, cookie: Option<&str>) -> Result<Curled> {
+        let port = self.address.port();
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "-i", "--http2", "--max-time", "10", "--cacert"])
+            .arg(&self.cert)
+            .arg("--resolve")
+            .arg(format!("{SITE}:{port}:{}", self.address.ip()));
+        if let Some(cookie) = cookie {
+            command.arg("-H").arg(format!("Cookie: {cookie}"));
+        }
+        let output = command
+            .arg(format!("https://{SITE}:{port}/echo"))
+            .output()
+            .context("curl (apt-get install curl)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .context("curl printed no response head")?;
+        let mut lines = head.lines();
+        let status_line = lines.next().unwrap_or_default().trim().to_string();
+        let set_cookie = lines.find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie").then(|| {
+                value
+                    .trim()
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        });
+        let pod = body
+            .trim()
+            .strip_prefix("Running on Pod ")
+            .and_then(|rest| rest.strip_suffix('.'))
+            .map(str::to_string)
+            .with_context(|| format!("unexpected body {body:?}"))?;
+        Ok(Curled {
+            status_line,
+            set_cookie,
+            pod,
+        })
+    }
+}
+
+fn show_curl(response: &Curled) {
+    println!("< {}", response.status_line);
+    if let Some(cookie) = &response.set_cookie {
+        println!("< set-cookie: {cookie}; ...");
+    }
+    println!("Running on Pod {}.", response.pod);
+}
+
 fn step(title: &str) {
     println!("\n== {title} ==\n");
 }
 
-fn write_config(path: &Path, proxy: SocketAddr, admin: SocketAddr, pods: &[Pod]) -> Result<()> {
+/// Where tether listens: plaintext, admin, and the `tls:` lines of its `proxy:` block.
+struct Listeners {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    tls: String,
+}
+
+fn write_config(path: &Path, listeners: &Listeners, pods: &[Pod]) -> Result<()> {
     let targets: Vec<String> = pods
         .iter()
         .filter(|p| p.present)
@@ -162,22 +313,23 @@ fn write_config(path: &Path, proxy: SocketAddr, admin: SocketAddr, pods: &[Pod])
         .collect();
     write_atomically(
         path,
-        &sticky_config(proxy, "", admin, "/echo", COOKIE, &targets),
+        &sticky_config(
+            listeners.proxy,
+            &listeners.tls,
+            listeners.admin,
+            "/echo",
+            COOKIE,
+            &targets,
+        ),
     )
 }
 
 /// Rewrites the configuration and waits until tether reports the new generation.
-fn apply(
-    path: &Path,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    pods: &[Pod],
-    tether: &mut Proc,
-) -> Result<()> {
-    let before = config_generation(admin)?;
-    write_config(path, proxy, admin, pods)?;
+fn apply(path: &Path, listeners: &Listeners, pods: &[Pod], tether: &mut Proc) -> Result<()> {
+    let before = config_generation(listeners.admin)?;
+    write_config(path, listeners, pods)?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while config_generation(admin)? <= before {
+    while config_generation(listeners.admin)? <= before {
         tether.ensure_running()?;
         if Instant::now() > deadline {
             bail!(

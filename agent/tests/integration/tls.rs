@@ -5,53 +5,17 @@
 use crate::fixtures::{outcomes, pods};
 use anyhow::{bail, ensure, Context, Result};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tether_testkit::agent::{TempDir, Tether};
+pub use tether_testkit::certs::Site;
 use tether_testkit::config::{Config, COOKIE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
 const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-
-/// A self-signed certificate (its own CA) for `names`, written as `NAME.pem` and `NAME.key`;
-/// its subject's common name is the first name, so a client can tell which one it got.
-pub struct Site {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl Site {
-    pub fn write(dir: &Path, file: &str, names: &[&str]) -> Result<Self> {
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        let key = rcgen::KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        let site = Self {
-            cert: dir.join(format!("{file}.pem")),
-            key: dir.join(format!("{file}.key")),
-        };
-        // Each file replaced whole (renamed into place); a poll between the two may still see
-        // a new certificate with the old key, which tether refuses until the key follows.
-        tether_testkit::agent::write_atomically(&site.cert, &cert.pem())?;
-        tether_testkit::agent::write_atomically(&site.key, &key.serialize_pem())?;
-        Ok(site)
-    }
-
-    fn yaml(&self) -> String {
-        format!(
-            "{{certFile: {}, keyFile: {}}}",
-            self.cert.display(),
-            self.key.display()
-        )
-    }
-}
 
 /// tether with a TLS listener serving `sites` (the first is the default) in front of pods.
 pub(crate) async fn start(sites: &[&Site], pods: &[SocketAddr]) -> Result<(Tether, SocketAddr)> {
