@@ -1,11 +1,16 @@
 //! `cargo xtask bench l7`: tether against HAProxy and nginx (and no proxy at all), side by side
 //! in one run, against the same three `tether-echo` backends, loaded by `wrk`.
 //!
-//! Each proxy gets one worker thread pinned to its own CPU; wrk and the backends share the other
-//! CPU(s). Two scenarios per system: `sticky` (every request carries a valid session cookie) and
-//! `new-session` (no cookie, so every request makes a new pin and gets a `Set-Cookie`).
+//! Each proxy gets one worker thread pinned to its own CPU; the load generator and the backends
+//! share the other CPU(s). Scenarios: `sticky` (every request carries a valid session cookie)
+//! and `new-session` (no cookie, so every request makes a new pin and gets a `Set-Cookie`) over
+//! plaintext HTTP/1.1; then over each proxy's TLS listener (one self-signed ECDSA P-256
+//! certificate for all, TLS 1.2 and 1.3, ALPN h2 and http/1.1): `https` (HTTP/1.1 keep-alive),
+//! `h2` (HTTP/2, loaded by h2load) and `tls-handshake` (a new connection and full handshake per
+//! request). The bare backend (`direct`) runs the plaintext scenarios only.
 use crate::built;
 use crate::cpu::{cpu_list, parse_cpu_list, pinned, Snapshot, Usage};
+use crate::h2load;
 use crate::machine::{have_program, nproc, utc_now, Machine};
 use crate::proxies::{
     self, expect_2xx, issued_cookie, Haproxy, HAPROXY_COOKIE, READY_TIMEOUT, SYNTHETIC_SESSION,
@@ -22,11 +27,12 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 use tether_testkit::binaries::echo_command;
 use tether_testkit::fs::TempDir;
-use tether_testkit::net::{free_ports, http_get, loopback};
-use tether_testkit::process::{indent, Proc};
+use tether_testkit::net::{free_ports, http_get, loopback, HttpResponse, Https};
+use tether_testkit::process::{indent, run_checked, Proc};
 
 mod chart;
 mod report;
@@ -62,8 +68,12 @@ pub struct Options {
     systems: Vec<System>,
     /// Scenarios to run.
     #[arg(long, value_enum, value_delimiter = ',',
-          default_values_t = [Scenario::Sticky, Scenario::NewSession])]
+          default_values_t = [Scenario::Sticky, Scenario::NewSession, Scenario::Https,
+                              Scenario::H2, Scenario::TlsHandshake])]
     scenarios: Vec<Scenario>,
+    /// Concurrent streams per connection in the h2 scenario (h2load -m).
+    #[arg(long, default_value_t = 4)]
+    h2_streams: u32,
     /// CPUs for the proxy under test (taskset list); default 0.
     #[arg(long)]
     proxy_cpus: Option<String>,
@@ -88,9 +98,20 @@ pub struct Options {
 
 struct Ports {
     tether: u16,
+    tether_tls: u16,
     tether_admin: u16,
     haproxy: u16,
+    haproxy_tls: u16,
     nginx: u16,
+    nginx_tls: u16,
+}
+
+/// The one certificate every system serves on its TLS listener.
+struct Certificate {
+    cert: PathBuf,
+    key: PathBuf,
+    /// Certificate and key in one file, for HAProxy.
+    combined: PathBuf,
 }
 
 struct Ctx<'a> {
@@ -99,6 +120,7 @@ struct Ctx<'a> {
     bin: PathBuf,
     backends: Vec<SocketAddr>,
     ports: Ports,
+    certificate: Certificate,
     proxy_cpus: Vec<usize>,
     load_cpus: Vec<usize>,
     /// Why tether cannot run at all (build failed, binary missing).
@@ -109,6 +131,8 @@ struct Ctx<'a> {
 struct Running {
     system: System,
     addr: SocketAddr,
+    /// The TLS listener, for systems that have one.
+    tls_addr: Option<SocketAddr>,
     process: Option<Proc>,
 }
 
@@ -127,6 +151,14 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let systems = sorted_unique(&options.systems);
     let scenarios = sorted_unique(&options.scenarios);
+    if scenarios.contains(&Scenario::H2) && !have_program("h2load") {
+        bail!(
+            "h2load is not installed (apt-get install nghttp2-client), or leave out --scenarios h2"
+        );
+    }
+    if options.h2_streams == 0 {
+        bail!("--h2-streams must be positive");
+    }
 
     let root = built::workspace_root();
     let out_dir = summary::out_dir(options.out_dir.as_ref(), &root);
@@ -137,8 +169,9 @@ pub fn run(options: &Options) -> Result<()> {
     let temp = TempDir::new("bench-l7")?;
     let dir = temp.path();
 
-    let ports = free_ports(7)?;
+    let ports = free_ports(10)?;
     let backends: Vec<SocketAddr> = ports[..3].iter().map(|&p| loopback(p)).collect();
+    let certificate = make_certificate(&bin, dir)?;
     let ctx = Ctx {
         options,
         dir,
@@ -149,7 +182,11 @@ pub fn run(options: &Options) -> Result<()> {
             tether_admin: ports[4],
             haproxy: ports[5],
             nginx: ports[6],
+            tether_tls: ports[7],
+            haproxy_tls: ports[8],
+            nginx_tls: ports[9],
         },
+        certificate,
         proxy_cpus,
         load_cpus,
         tether_unavailable,
@@ -167,13 +204,19 @@ pub fn run(options: &Options) -> Result<()> {
             println!("round {round}/{}", options.rounds);
         }
         for system in round_order(&systems, round) {
-            run_system(&ctx, system, &scenarios, round, &mut acc);
+            let runs: Vec<Scenario> = scenarios
+                .iter()
+                .copied()
+                .filter(|scenario| scenario.runs_on(system))
+                .collect();
+            run_system(&ctx, system, &runs, round, &mut acc);
         }
     }
 
     let cells: Vec<Cell> = systems
         .iter()
         .flat_map(|&sys| scenarios.iter().map(move |&sc| (sys, sc)))
+        .filter(|&(sys, sc)| sc.runs_on(sys))
         .map(|(sys, sc)| summarize(sys, sc, acc.remove(&(sys, sc)).unwrap_or_default()))
         .collect();
     let ratios = ratios(&cells, &scenarios);
@@ -188,6 +231,9 @@ pub fn run(options: &Options) -> Result<()> {
             wrk_threads: options.wrk_threads,
             rounds: options.rounds,
             proxy_workers: 1,
+            h2_streams: options.h2_streams,
+            certificate: "one self-signed ECDSA P-256 certificate (rcgen), served by every system"
+                .to_string(),
             pinning,
             backends: ctx
                 .backends
@@ -245,7 +291,7 @@ fn pinning(options: &Options) -> Result<(Vec<usize>, Vec<usize>)> {
 fn describe_pinning(ctx: &Ctx) -> Pinning {
     let o = ctx.options;
     let load_what = format!(
-        "wrk ({} thread(s), {} connections) + 3 tether-echo backends (1 worker each)",
+        "wrk or h2load ({} thread(s), {} connections) + 3 tether-echo backends (1 worker each)",
         o.wrk_threads, o.connections
     );
     let where_ = |cpus: &[usize]| {
@@ -400,6 +446,7 @@ fn start(ctx: &Ctx, system: System) -> Result<Running> {
             return Ok(Running {
                 system,
                 addr: ctx.backends[0],
+                tls_addr: None,
                 process: None,
             })
         }
@@ -410,7 +457,18 @@ fn start(ctx: &Ctx, system: System) -> Result<Running> {
             let config = dir.join("tether.yaml");
             fs::write(
                 &config,
-                proxies::tether_config(ctx.ports.tether, ctx.ports.tether_admin, &ctx.backends, ""),
+                proxies::tether_config(
+                    ctx.ports.tether,
+                    ctx.ports.tether_admin,
+                    &ctx.backends,
+                    &format!(
+                        "  tls:\n    listen: {}\n    certificates:\n      - {{certFile: {}, \
+                         keyFile: {}}}\n",
+                        loopback(ctx.ports.tether_tls),
+                        ctx.certificate.cert.display(),
+                        ctx.certificate.key.display()
+                    ),
+                ),
             )?;
             let command = proxies::tether(pinned(&ctx.proxy_cpus, ctx.bin.join("tether")), &config);
             (loopback(ctx.ports.tether), command)
@@ -443,9 +501,16 @@ fn start(ctx: &Ctx, system: System) -> Result<Running> {
     let log = dir.join(format!("{}.log", system.name()));
     let mut process = Proc::spawn(system.name(), command, log)?;
     process.wait_ready(addr, READY_TIMEOUT)?;
+    let tls_addr = loopback(match system {
+        System::Tether => ctx.ports.tether_tls,
+        System::Haproxy => ctx.ports.haproxy_tls,
+        System::Nginx | System::Direct => ctx.ports.nginx_tls,
+    });
+    process.wait_ready(tls_addr, READY_TIMEOUT)?;
     Ok(Running {
         system,
         addr,
+        tls_addr: Some(tls_addr),
         process: Some(process),
     })
 }
@@ -457,29 +522,57 @@ fn measure(
     round: u32,
     notes: &mut BTreeSet<String>,
 ) -> Result<Sample> {
-    let cookie = match scenario {
-        Scenario::Sticky => Some(sticky_cookie(running)?),
-        Scenario::NewSession => None,
+    let cookie = if scenario.sticky() {
+        Some(sticky_cookie(running)?)
+    } else {
+        None
     };
     preflight(running, scenario, cookie.as_deref(), notes)?;
     wait_quiet(ctx.options.quiet_wait);
-    let url = format!("http://{}/", running.addr);
-    let tag = format!("{}-{}-{round}", running.system.name(), scenario.name());
-    let mut load = Load {
-        url: &url,
-        cookie: cookie.as_deref(),
-        connections: ctx.options.connections,
-        threads: ctx.options.wrk_threads,
-        duration: Duration::from_secs(ctx.options.warmup),
-        cpus: &ctx.load_cpus,
+    let url = match (scenario.tls(), running.tls_addr) {
+        (false, _) => format!("http://{}/", running.addr),
+        (true, Some(tls)) => format!("https://{tls}/"),
+        (true, None) => bail!("{} has no TLS listener", running.system.name()),
     };
-    if ctx.options.warmup > 0 {
-        wrk::run(&load, ctx.dir, &format!("{tag}-warmup")).context("warmup")?;
-    }
-    load.duration = Duration::from_secs(ctx.options.duration);
-    let before = Snapshot::take();
-    let result = wrk::run(&load, ctx.dir, &tag)?;
-    let after = Snapshot::take();
+    let tag = format!("{}-{}-{round}", running.system.name(), scenario.name());
+    let o = ctx.options;
+    let measured = Duration::from_secs(o.duration);
+    let warmup = Duration::from_secs(o.warmup);
+    let (before, result, after) = if scenario == Scenario::H2 {
+        let mut load = h2load::Load {
+            url: &url,
+            cookie: cookie.as_deref(),
+            connections: o.connections,
+            streams: o.h2_streams,
+            threads: o.wrk_threads,
+            duration: warmup,
+            cpus: &ctx.load_cpus,
+        };
+        if o.warmup > 0 {
+            h2load::run(&load, ctx.dir, &format!("{tag}-warmup")).context("warmup")?;
+        }
+        load.duration = measured;
+        let before = Snapshot::take();
+        let result = h2load::run(&load, ctx.dir, &tag)?;
+        (before, result, Snapshot::take())
+    } else {
+        let mut load = Load {
+            url: &url,
+            cookie: cookie.as_deref(),
+            close: scenario == Scenario::TlsHandshake,
+            connections: o.connections,
+            threads: o.wrk_threads,
+            duration: warmup,
+            cpus: &ctx.load_cpus,
+        };
+        if o.warmup > 0 {
+            wrk::run(&load, ctx.dir, &format!("{tag}-warmup")).context("warmup")?;
+        }
+        load.duration = measured;
+        let before = Snapshot::take();
+        let result = wrk::run(&load, ctx.dir, &tag)?;
+        (before, result, Snapshot::take())
+    };
     if let Some(process) = running.process.as_mut() {
         process.ensure_running()?;
     }
@@ -530,49 +623,98 @@ fn preflight(
     notes: &mut BTreeSet<String>,
 ) -> Result<()> {
     let name = running.system.name();
-    match scenario {
-        Scenario::Sticky => {
-            let cookie = cookie.context("the sticky scenario needs a cookie")?;
-            let mut pods = BTreeSet::new();
-            let mut reissued = 0;
-            for _ in 0..5 {
-                let response = http_get(running.addr, "/", &[("Cookie", cookie)])?;
-                expect_2xx(&response, name)?;
-                pods.insert(response.header("x-pod").unwrap_or("(no x-pod)").to_string());
-                if let Some(issued) = running.system.issued_cookie() {
-                    reissued += usize::from(response.set_cookie(issued).is_some());
-                }
-            }
-            if pods.len() != 1 {
-                bail!("{name}: five requests with the same cookie reached {pods:?}");
-            }
-            if reissued > 0 {
-                notes.insert(format!(
-                    "sticky: {name} sent Set-Cookie on {reissued} of 5 requests that carried its \
-                     valid cookie"
-                ));
+    if scenario.sticky() {
+        let cookie = cookie.context("a sticky scenario needs a cookie")?;
+        let mut pods = BTreeSet::new();
+        let mut reissued = 0;
+        for _ in 0..5 {
+            let response = ask(running, scenario, Some(cookie))?;
+            expect_2xx(&response, name)?;
+            pods.insert(response.header("x-pod").unwrap_or("(no x-pod)").to_string());
+            if let Some(issued) = running.system.issued_cookie() {
+                reissued += usize::from(response.set_cookie(issued).is_some());
             }
         }
-        Scenario::NewSession => {
-            for _ in 0..3 {
-                let response = http_get(running.addr, "/", &[])?;
-                expect_2xx(&response, name)?;
-                if let Some(issued) = running.system.issued_cookie() {
-                    response.set_cookie(issued).with_context(|| {
-                        format!("{name}: a request without a cookie got no Set-Cookie: {issued}")
-                    })?;
-                }
+        if pods.len() != 1 {
+            bail!("{name}: five requests with the same cookie reached {pods:?}");
+        }
+        if reissued > 0 {
+            notes.insert(format!(
+                "{}: {name} sent Set-Cookie on {reissued} of 5 requests that carried its \
+                 valid cookie",
+                scenario.name()
+            ));
+        }
+    } else {
+        for _ in 0..3 {
+            let response = ask(running, scenario, None)?;
+            expect_2xx(&response, name)?;
+            if let Some(issued) = running.system.issued_cookie() {
+                response.set_cookie(issued).with_context(|| {
+                    format!("{name}: a request without a cookie got no Set-Cookie: {issued}")
+                })?;
             }
-            if running.system == System::Nginx {
-                notes.insert(
-                    "new-session: nginx issues no cookie; an absent cookie hashes to one \
-                     backend"
-                        .to_string(),
-                );
-            }
+        }
+        if running.system == System::Nginx {
+            notes.insert(
+                "new-session: nginx issues no cookie; an absent cookie hashes to one \
+                 backend"
+                    .to_string(),
+            );
         }
     }
     Ok(())
+}
+
+/// One request as the scenario makes them: plaintext, or over TLS with curl (HTTP/2 for the
+/// h2 scenario, which must be what the listener negotiated).
+fn ask(running: &Running, scenario: Scenario, cookie: Option<&str>) -> Result<HttpResponse> {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+    if !scenario.tls() {
+        return http_get(running.addr, "/", &headers);
+    }
+    let address = running
+        .tls_addr
+        .with_context(|| format!("{} has no TLS listener", running.system.name()))?;
+    let http2 = scenario == Scenario::H2;
+    let fetched = Https {
+        address,
+        name: None,
+        path: "/",
+        headers: &headers,
+        http2,
+        ca: None,
+    }
+    .get()?;
+    let expected = if http2 { "HTTP/2 " } else { "HTTP/1.1 " };
+    if !fetched.status_line.starts_with(expected) {
+        bail!(
+            "{}: {} answered {:?} over TLS, not {expected}",
+            running.system.name(),
+            scenario.name(),
+            fetched.status_line
+        );
+    }
+    Ok(fetched.response)
+}
+
+/// A self-signed certificate (tether-testcert, next to tether) that every system serves.
+fn make_certificate(bin: &Path, dir: &Path) -> Result<Certificate> {
+    let combined = dir.join("site-combined.pem");
+    run_checked(
+        Command::new(bin.join("tether-testcert"))
+            .arg("--dir")
+            .arg(dir)
+            .args(["--file", "site", "--name", "bench.example"])
+            .arg("--combined")
+            .arg(&combined),
+    )
+    .context("tether-testcert (built with tether-echo)")?;
+    Ok(Certificate {
+        cert: dir.join("site.pem"),
+        key: dir.join("site.key"),
+        combined,
+    })
 }
 
 fn haproxy_config(ctx: &Ctx) -> String {
@@ -582,7 +724,11 @@ fn haproxy_config(ctx: &Ctx) -> String {
         global: "    maxconn 4096\n",
         timeouts:
             "    timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 30s\n",
-        frontend: "",
+        frontend: &format!(
+            "    bind 127.0.0.1:{} ssl crt {} alpn h2,http/1.1\n",
+            ctx.ports.haproxy_tls,
+            ctx.certificate.combined.display()
+        ),
     })
 }
 
@@ -623,6 +769,10 @@ http {{
 
     server {{
         listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
         location / {{
             proxy_pass http://echo;
             proxy_http_version 1.1;
@@ -631,7 +781,10 @@ http {{
     }}
 }}
 ",
-        port = ctx.ports.nginx
+        port = ctx.ports.nginx,
+        tls_port = ctx.ports.nginx_tls,
+        cert = ctx.certificate.cert.display(),
+        key = ctx.certificate.key.display(),
     )
 }
 
@@ -642,13 +795,15 @@ fn system_descriptions(machine: &Machine) -> BTreeMap<String, String> {
         (
             "tether".into(),
             format!(
-                "target/release/tether run --workers 1, sticky-sessions cookie {TETHER_COOKIE}"
+                "target/release/tether run --workers 1, sticky-sessions cookie {TETHER_COOKIE}; \
+                 proxy.tls (rustls, ring)"
             ),
         ),
         (
             "haproxy".into(),
             format!(
-                "{}; nbthread 1, cookie {HAPROXY_COOKIE} insert indirect nocache, roundrobin",
+                "{}; nbthread 1, cookie {HAPROXY_COOKIE} insert indirect nocache, roundrobin; \
+                 bind ssl crt alpn h2,http/1.1",
                 version(&machine.haproxy)
             ),
         ),
@@ -656,7 +811,7 @@ fn system_descriptions(machine: &Machine) -> BTreeMap<String, String> {
             "nginx".into(),
             format!(
                 "{}; worker_processes 1, hash $cookie_{NGINX_COOKIE} consistent, upstream \
-                 keepalive 64",
+                 keepalive 64; listen ssl http2",
                 version(&machine.nginx)
             ),
         ),

@@ -15,6 +15,8 @@ pub struct Machine {
     pub haproxy: Option<String>,
     pub nginx: Option<String>,
     pub wrk: Option<String>,
+    /// nghttp2's HTTP/2 load generator (`bench l7`'s h2 scenario).
+    pub h2load: Option<String>,
     pub rustc: Option<String>,
     pub git_commit: Option<String>,
     pub git_dirty: Option<bool>,
@@ -55,6 +57,7 @@ impl Machine {
                     .trim()
                     .to_string()
             }),
+            h2load: first_line(Command::new("h2load").arg("--version")),
             rustc: first_line(Command::new("rustc").arg("-V")),
             git_commit: first_line(
                 Command::new("git")

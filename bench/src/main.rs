@@ -10,6 +10,7 @@ use clap::Parser;
 mod built;
 mod chart;
 mod cpu;
+mod h2load;
 mod idle;
 mod l4;
 mod l7;

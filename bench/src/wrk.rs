@@ -32,6 +32,9 @@ pub struct Load<'a> {
     pub url: &'a str,
     /// Full `Cookie` header value, or none.
     pub cookie: Option<&'a str>,
+    /// Send `Connection: close`: every request on a new connection (and, over TLS, a new
+    /// handshake).
+    pub close: bool,
     pub connections: u32,
     pub threads: u32,
     pub duration: Duration,
@@ -101,6 +104,9 @@ pub fn run(load: &Load, dir: &Path, tag: &str) -> Result<WrkResult> {
             bail!("cookie {cookie:?} cannot go into the Lua script");
         }
         lua.push_str(&format!("wrk.headers[\"Cookie\"] = [==[{cookie}]==]\n"));
+    }
+    if load.close {
+        lua.push_str("wrk.headers[\"Connection\"] = \"close\"\n");
     }
     lua.push_str(DONE);
     fs::write(&script, lua).with_context(|| format!("cannot write {}", script.display()))?;

@@ -123,6 +123,75 @@ pub fn parse_response(buffer: &[u8], eof: bool) -> Result<Option<HttpResponse>> 
     Ok(complete.then_some(response))
 }
 
+/// An HTTPS request made with curl (`curl -i`), for the demo and the benches' checks.
+pub struct Https<'a> {
+    /// Where the TLS listener is.
+    pub address: SocketAddr,
+    /// The name in the URL and the SNI (resolved to `address`); `None` to use the address.
+    pub name: Option<&'a str>,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    /// `--http2` (ALPN offers h2), else `--http1.1`.
+    pub http2: bool,
+    /// The CA to trust; `None` to not verify the certificate (`-k`).
+    pub ca: Option<&'a std::path::Path>,
+}
+
+/// What curl received: the status line as sent (`HTTP/2 200`) and the response.
+pub struct HttpsResponse {
+    pub status_line: String,
+    pub response: HttpResponse,
+}
+
+impl Https<'_> {
+    pub fn get(&self) -> Result<HttpsResponse> {
+        let port = self.address.port();
+        let mut command = std::process::Command::new("curl");
+        command
+            .args(["-sS", "-i", "--max-time", "10"])
+            .arg(if self.http2 { "--http2" } else { "--http1.1" });
+        match self.ca {
+            Some(ca) => command.arg("--cacert").arg(ca),
+            None => command.arg("-k"),
+        };
+        let host = match self.name {
+            Some(name) => {
+                command
+                    .arg("--resolve")
+                    .arg(format!("{name}:{port}:{}", self.address.ip()));
+                format!("{name}:{port}")
+            }
+            None => self.address.to_string(),
+        };
+        for (name, value) in self.headers {
+            command.arg("-H").arg(format!("{name}: {value}"));
+        }
+        let output = command
+            .arg(format!("https://{host}{}", self.path))
+            .output()
+            .context("curl (apt-get install curl)")?;
+        if !output.status.success() {
+            bail!(
+                "curl https://{host}{} failed: {}",
+                self.path,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let response =
+            parse_response(&output.stdout, true)?.context("curl printed no complete response")?;
+        let status_line = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Ok(HttpsResponse {
+            status_line,
+            response,
+        })
+    }
+}
+
 /// tether's `tether_config_generation`, read from the admin endpoint at `admin`.
 pub fn config_generation(admin: SocketAddr) -> Result<u64> {
     let metrics = http_get(admin, "/metrics", &[])?;

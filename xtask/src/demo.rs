@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tether_testkit::binaries::{start_echo, sticky_config, tether_command, weighted_target};
 use tether_testkit::fs::{write_atomically, TempDir};
-use tether_testkit::net::{config_generation, free_ports, http_get, loopback, HttpResponse};
+use tether_testkit::net::{config_generation, free_ports, http_get, loopback, HttpResponse, Https};
 use tether_testkit::process::{run_checked, Proc};
 
 const COOKIE: &str = "session-id";
@@ -236,52 +236,20 @@ impl Site {
 
     /// `curl -i --http2` for `/echo` on the site, with `cookie` if given.
     fn curl(&self, cookie: Option<&str>) -> Result<Curled> {
-        let port = self.address.port();
-        let mut command = Command::new("curl");
-        command
-            .args(["-sS", "-i", "--http2", "--max-time", "10", "--cacert"])
-            .arg(&self.cert)
-            .arg("--resolve")
-            .arg(format!("{SITE}:{port}:{}", self.address.ip()));
-        if let Some(cookie) = cookie {
-            command.arg("-H").arg(format!("Cookie: {cookie}"));
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+        let fetched = Https {
+            address: self.address,
+            name: Some(SITE),
+            path: "/echo",
+            headers: &headers,
+            http2: true,
+            ca: Some(&self.cert),
         }
-        let output = command
-            .arg(format!("https://{SITE}:{port}/echo"))
-            .output()
-            .context("curl (apt-get install curl)")?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        ensure!(
-            output.status.success(),
-            "curl failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .context("curl printed no response head")?;
-        let mut lines = head.lines();
-        let status_line = lines.next().unwrap_or_default().trim().to_string();
-        let set_cookie = lines.find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("set-cookie").then(|| {
-                value
-                    .trim()
-                    .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-        });
-        let pod = body
-            .trim()
-            .strip_prefix("Running on Pod ")
-            .and_then(|rest| rest.strip_suffix('.'))
-            .map(str::to_string)
-            .with_context(|| format!("unexpected body {body:?}"))?;
+        .get()?;
         Ok(Curled {
-            status_line,
-            set_cookie,
-            pod,
+            set_cookie: fetched.response.set_cookie(COOKIE),
+            pod: pod_of(&fetched.response)?,
+            status_line: fetched.status_line,
         })
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use plotters::prelude::*;
 use std::path::Path;
 
-const WIDTH: u32 = 1400;
+const WIDTH: u32 = 2000;
 const HEIGHT: u32 = 720;
 
 fn color(system: System) -> RGBColor {
@@ -35,7 +35,6 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     let root = canvas(path, (WIDTH, HEIGHT))?;
     let (header, body) = root.split_vertically(HEADING);
     draw_header(report, &header)?;
-    let (left, right) = body.split_horizontally(WIDTH / 2);
     let requests = |v: f64| {
         if v >= 10_000.0 {
             format!("{:.1}k", v / 1e3)
@@ -44,32 +43,61 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
         }
     };
     let p99 = |v: f64| format!("{v:.2}");
-    let panels = [
-        Panel {
-            title: "Requests/sec, median (whiskers: min-max over rounds)",
-            axis: "req/s",
-            groups: groups(report, &requests, |c| {
-                let range = match (c.requests_per_sec_min, c.requests_per_sec_max) {
-                    (Some(lo), Some(hi)) if c.samples_used > 1 => Some((lo, hi)),
-                    _ => None,
-                };
-                (c.requests_per_sec, range)
-            }),
+    let rate = |c: &Cell| {
+        let range = match (c.requests_per_sec_min, c.requests_per_sec_max) {
+            (Some(lo), Some(hi)) if c.samples_used > 1 => Some((lo, hi)),
+            _ => None,
+        };
+        (c.requests_per_sec, range)
+    };
+    // Handshakes per second are an order of magnitude below keep-alive requests per second:
+    // they get their own panel and axis.
+    let keep_alive = |scenario: Scenario| scenario != Scenario::TlsHandshake;
+    let handshake = |scenario: Scenario| scenario == Scenario::TlsHandshake;
+    let mut panels = vec![Panel {
+        title: "Requests/sec over keep-alive connections, median (whiskers: min-max)",
+        axis: "req/s",
+        groups: groups(report, &keep_alive, &requests, rate),
+        line: None,
+        clip: None,
+        tick: requests,
+    }];
+    let handshakes = groups(report, &handshake, &requests, rate);
+    if !handshakes.is_empty() {
+        panels.push(Panel {
+            title: "New TLS connections/sec (a full handshake per request)",
+            axis: "conn/s",
+            groups: handshakes,
             line: None,
             clip: None,
             tick: requests,
-        },
-        Panel {
-            title: "p99 latency, ms (lower is better)",
-            axis: "ms",
-            groups: groups(report, &p99, |c| (c.p99_ms, None)),
-            line: None,
-            clip: None,
-            tick: p99,
-        },
-    ];
-    for (area, panel) in [(&left, &panels[0]), (&right, &panels[1])] {
-        draw_bars(area, panel, &Style::LARGE)?;
+        });
+    }
+    panels.push(Panel {
+        title: "p99 latency, ms (lower is better)",
+        axis: "ms",
+        groups: groups(report, &|_| true, &p99, |c| (c.p99_ms, None)),
+        line: None,
+        clip: None,
+        tick: p99,
+    });
+    // The request rates take the room they need: one slot per scenario group.
+    let slots: Vec<u32> = panels
+        .iter()
+        .map(|panel| panel.groups.len().max(1) as u32)
+        .collect();
+    let total: u32 = slots.iter().sum();
+    let mut rest = body;
+    for (i, panel) in panels.iter().enumerate() {
+        let area = if i + 1 == panels.len() {
+            rest.clone()
+        } else {
+            let width = (WIDTH * slots[i] / total).max(WIDTH / 5);
+            let (left, right) = rest.split_horizontally(width);
+            rest = right;
+            left
+        };
+        draw_bars(&area, panel, &Style::LARGE)?;
     }
     root.present().map_err(plot_error)?;
     Ok(())
@@ -78,10 +106,16 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
 /// One group per scenario, one bar per system: its value, whisker and text.
 fn groups(
     report: &Report,
+    shown: &dyn Fn(Scenario) -> bool,
     text: &dyn Fn(f64) -> String,
     value: impl Fn(&Cell) -> (Option<f64>, Option<(f64, f64)>),
 ) -> Vec<Group> {
-    let mut scenarios: Vec<Scenario> = report.cells.iter().map(|c| c.scenario).collect();
+    let mut scenarios: Vec<Scenario> = report
+        .cells
+        .iter()
+        .map(|c| c.scenario)
+        .filter(|&scenario| shown(scenario))
+        .collect();
     scenarios.sort();
     scenarios.dedup();
     let mut systems: Vec<System> = report.cells.iter().map(|c| c.system).collect();

@@ -33,6 +33,11 @@ impl System {
         }
     }
 
+    /// Whether this bench runs the system with a TLS listener (the backends speak plaintext).
+    pub fn speaks_tls(self) -> bool {
+        self != System::Direct
+    }
+
     /// The cookie this system issues itself, if it does.
     pub fn issued_cookie(self) -> Option<&'static str> {
         match self {
@@ -46,8 +51,17 @@ impl System {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
+    /// Plaintext HTTP/1.1 keep-alive, every request with a valid session cookie.
     Sticky,
+    /// Plaintext HTTP/1.1 keep-alive, no cookie: every request is a new pin and a Set-Cookie.
     NewSession,
+    /// HTTPS keep-alive (HTTP/1.1 over TLS), with the session cookie.
+    Https,
+    /// HTTP/2 over TLS (ALPN h2), several streams per connection, with the session cookie.
+    H2,
+    /// A new TLS connection (full handshake) per request, with the session cookie: what
+    /// returning clients without keep-alive cost.
+    TlsHandshake,
 }
 
 impl Scenario {
@@ -55,7 +69,28 @@ impl Scenario {
         match self {
             Scenario::Sticky => "sticky",
             Scenario::NewSession => "new-session",
+            Scenario::Https => "https",
+            Scenario::H2 => "h2",
+            Scenario::TlsHandshake => "tls-handshake",
         }
+    }
+
+    /// Over the systems' TLS listener.
+    pub fn tls(self) -> bool {
+        matches!(
+            self,
+            Scenario::Https | Scenario::H2 | Scenario::TlsHandshake
+        )
+    }
+
+    /// Requests carry the session cookie the system issued.
+    pub fn sticky(self) -> bool {
+        self != Scenario::NewSession
+    }
+
+    /// Whether `system` runs this scenario (the bare backend has no TLS).
+    pub fn runs_on(self, system: System) -> bool {
+        !self.tls() || system.speaks_tls()
     }
 }
 
@@ -79,6 +114,10 @@ pub struct Settings {
     pub wrk_threads: u32,
     pub rounds: u32,
     pub proxy_workers: u32,
+    /// Streams per connection in the h2 scenario.
+    pub h2_streams: u32,
+    /// What the TLS scenarios' listeners serve.
+    pub certificate: String,
     pub pinning: Pinning,
     pub backends: Vec<String>,
     pub systems: BTreeMap<String, String>,
@@ -308,7 +347,7 @@ pub fn target(cells: &[Cell], scenarios: &[Scenario]) -> Target {
 pub fn print_results(report: &Report) {
     println!();
     println!(
-        "{:<12} {:<8} {:>10} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}  status",
+        "{:<13} {:<8} {:>10} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}  status",
         "scenario",
         "system",
         "req/s",
@@ -335,7 +374,7 @@ pub fn print_results(report: &Report) {
         let vs_direct = vs_baseline(vs_direct, c.system == System::Direct);
         let status = status(c.ok, c.disturbed, c.error.as_deref());
         println!(
-            "{:<12} {:<8} {:>10} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}  {status}",
+            "{:<13} {:<8} {:>10} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}  {status}",
             c.scenario.name(),
             c.system.name(),
             c.requests_per_sec
@@ -373,7 +412,7 @@ pub fn print_results(report: &Report) {
         .filter(|r| r.denominator != System::Direct)
     {
         println!(
-            "{:<12} {}/{}: req/s {}, p99 {}",
+            "{:<13} {}/{}: req/s {}, p99 {}",
             r.scenario.name(),
             r.numerator.name(),
             r.denominator.name(),
@@ -389,13 +428,13 @@ pub fn print_results(report: &Report) {
     println!("target: {}", report.target.rule);
     for line in &report.target.scenarios {
         println!(
-            "  {:<12} {}  {}",
+            "  {:<13} {}  {}",
             line.scenario.name(),
             if line.pass { "PASS" } else { "MISS" },
             line.reason.lines().next().unwrap_or_default()
         );
         if let Some(ceiling) = &line.ceiling {
-            println!("  {:<12}       ({ceiling})", "");
+            println!("  {:<13}       ({ceiling})", "");
         }
     }
     println!(
