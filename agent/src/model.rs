@@ -207,8 +207,11 @@ pub enum Plaintext {
 pub enum HostMatch {
     /// `example.com`: that host only (case-insensitive, port ignored).
     Exact(String),
-    /// `*.example.com`: any single label in front of `.example.com`.
+    /// `*.example.com`: any single label in front of `.example.com` (Ingress, the file).
     Wildcard(String),
+    /// `*.example.com` as the Gateway API reads it: one or more labels in front of
+    /// `.example.com` (`a.example.com`, `a.b.example.com`).
+    WildcardAnyDepth(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -115,8 +115,10 @@ impl Tables {
         routes.sort_by_key(|(order, route)| {
             let host_rank = match &route.host {
                 Some(HostMatch::Exact(_)) => 0,
-                Some(HostMatch::Wildcard(suffix)) => 1000 - suffix.len().min(999),
-                None => 2000,
+                // The longer suffix first; for one suffix, the one-label wildcard first.
+                Some(HostMatch::Wildcard(suffix)) => 2000 - 2 * suffix.len().min(999),
+                Some(HostMatch::WildcardAnyDepth(suffix)) => 2001 - 2 * suffix.len().min(999),
+                None => 4000,
             };
             let path_rank = match &route.path {
                 PathMatch::Exact(_) => 0,
@@ -194,6 +196,10 @@ fn host_matches(rule: Option<&HostMatch>, host: Option<&str>) -> bool {
             .strip_suffix(suffix.as_str())
             .and_then(|label| label.strip_suffix('.'))
             .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        (Some(HostMatch::WildcardAnyDepth(suffix)), Some(host)) => host
+            .strip_suffix(suffix.as_str())
+            .and_then(|labels| labels.strip_suffix('.'))
+            .is_some_and(|labels| !labels.is_empty() && !labels.split('.').any(str::is_empty)),
     }
 }
 
@@ -549,6 +555,25 @@ services:
         assert_eq!(routed(&t, Some("shop.example.com"), "/other"), "wild");
         assert_eq!(routed(&t, Some("a.b.example.com"), "/other"), "root");
         assert_eq!(routed(&t, Some("example.com"), "/other"), "root");
+    }
+
+    #[test]
+    fn a_gateway_wildcard_covers_any_number_of_labels_an_ingress_wildcard_one() {
+        let one = HostMatch::Wildcard("example.com".into());
+        let any = HostMatch::WildcardAnyDepth("example.com".into());
+        for (host, by_one, by_any) in [
+            ("a.example.com", true, true),
+            ("a.b.example.com", false, true),
+            ("example.com", false, false),
+            (".example.com", false, false),
+            ("a..example.com", false, false),
+            ("aexample.com", false, false),
+            ("a.example.org", false, false),
+        ] {
+            assert_eq!(host_matches(Some(&one), Some(host)), by_one, "{host}");
+            assert_eq!(host_matches(Some(&any), Some(host)), by_any, "{host}");
+        }
+        assert!(!host_matches(Some(&any), None));
     }
 
     #[test]

@@ -148,7 +148,10 @@ pub struct Attachment {
 pub struct Gateways {
     /// tether has GatewayClasses: only routes attached to its Gateways are served.
     pub active: bool,
-    classes: BTreeMap<String, i64>,
+    /// tether's GatewayClasses: their generation, and whether their `controllerName` is
+    /// tether's (a class adopted by name with `--gateway-class` keeps its status to its own
+    /// controller).
+    classes: BTreeMap<String, (i64, bool)>,
     gateways: BTreeMap<Key, OwnGateway>,
     pub certificates: BTreeMap<Key, PemCertificate>,
     routes: BTreeMap<Key, Vec<RouteParentStatus>>,
@@ -198,8 +201,9 @@ impl Gateways {
         let mut classes = BTreeMap::new();
         for class in snapshot.gateway_classes.values() {
             let name = class.metadata.name.clone().unwrap_or_default();
-            if class.spec.controller_name == CONTROLLER || extra_classes.contains(&name) {
-                classes.insert(name, generation(&class.metadata));
+            let named_ours = class.spec.controller_name == CONTROLLER;
+            if named_ours || extra_classes.contains(&name) {
+                classes.insert(name, (generation(&class.metadata), named_ours));
             }
         }
         let mut this = Self {
@@ -227,12 +231,13 @@ impl Gateways {
         tls_listener: bool,
     ) -> OwnGateway {
         let generation = generation(&gateway.metadata);
-        let listeners = gateway
+        let mut listeners: Vec<ResolvedListener> = gateway
             .spec
             .listeners
             .iter()
             .map(|listener| self.listener(snapshot, key, listener, generation, tls_listener))
             .collect();
+        mark_conflicts(&mut listeners, generation);
         OwnGateway {
             generation,
             namespace: key.0.clone(),
@@ -519,7 +524,8 @@ impl Gateways {
         let classes = self
             .classes
             .iter()
-            .map(|(name, generation)| {
+            .filter(|(_, (_, named_ours))| *named_ours)
+            .map(|(name, (generation, _))| {
                 (
                     name.clone(),
                     vec![Condition::new(
@@ -690,6 +696,67 @@ fn selects(
     by_label && by_expression
 }
 
+/// Gives every listener its Conflicted condition, as the Gateway API defines it: listeners on
+/// one port must share a protocol (else ProtocolConflict), and those with one protocol must
+/// differ in hostname (else HostnameConflict). A conflicted listener takes no routes and is not
+/// programmed, so no request depends on which of two listeners would have won.
+fn mark_conflicts(listeners: &mut [ResolvedListener], generation: i64) {
+    let conflicts: Vec<Option<(&'static str, String)>> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let same_port = || {
+                listeners
+                    .iter()
+                    .enumerate()
+                    .filter(move |&(j, other)| j != i && other.port == listener.port)
+            };
+            if let Some((_, other)) = same_port().find(|(_, o)| o.protocol != listener.protocol) {
+                return Some((
+                    "ProtocolConflict",
+                    format!(
+                        "listener {:?} uses port {} with another protocol",
+                        other.name, listener.port
+                    ),
+                ));
+            }
+            same_port()
+                .find(|(_, o)| o.hostname == listener.hostname)
+                .map(|(_, other)| {
+                    (
+                        "HostnameConflict",
+                        format!(
+                            "listener {:?} has the same port, protocol and hostname",
+                            other.name
+                        ),
+                    )
+                })
+        })
+        .collect();
+    for (listener, conflict) in listeners.iter_mut().zip(conflicts) {
+        let condition = match conflict {
+            None => Condition::new("Conflicted", false, "NoConflicts", "", generation),
+            Some((reason, message)) => {
+                listener.accepted = false;
+                listener.programmed = false;
+                for condition in &mut listener.conditions {
+                    if condition.type_ == "Programmed" {
+                        *condition = Condition::new(
+                            "Programmed",
+                            false,
+                            "Invalid",
+                            message.clone(),
+                            generation,
+                        );
+                    }
+                }
+                Condition::new("Conflicted", true, reason, message, generation)
+            }
+        };
+        listener.conditions.push(condition);
+    }
+}
+
 /// The hostnames a route is served under through a listener: `None` in the list means any
 /// host. `None` overall: nothing in common.
 fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<Option<String>>> {
@@ -726,11 +793,15 @@ fn covers(pattern: &str, host: &str) -> bool {
         .is_some_and(|front| !front.is_empty() && front != "*")
 }
 
-/// The model's host match for a Gateway API hostname.
+/// The model's host match for a Gateway API hostname, whose wildcard covers any number of
+/// labels.
 pub fn host(hostname: &Option<String>) -> Result<Option<HostMatch>, String> {
     match hostname {
         None => Ok(None),
-        Some(host) => crate::source::host_match(host).map(Some),
+        Some(host) => match crate::source::host_match(host)? {
+            HostMatch::Wildcard(suffix) => Ok(Some(HostMatch::WildcardAnyDepth(suffix))),
+            exact => Ok(Some(exact)),
+        },
     }
 }
 
@@ -743,6 +814,19 @@ pub fn own_class(class: &GatewayClass, extra: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_wildcard_hostname_covers_any_depth() {
+        assert_eq!(
+            host(&Some("*.Example.com".into())),
+            Ok(Some(HostMatch::WildcardAnyDepth("example.com".into())))
+        );
+        assert_eq!(
+            host(&Some("a.example.com".into())),
+            Ok(Some(HostMatch::Exact("a.example.com".into())))
+        );
+        assert_eq!(host(&None), Ok(None));
+    }
 
     #[test]
     fn hostnames_intersect_as_the_gateway_api_says() {

@@ -1375,7 +1375,9 @@ fn describe_host(host: Option<&HostMatch>) -> String {
     match host {
         None => "(any)".into(),
         Some(HostMatch::Exact(host)) => host.clone(),
-        Some(HostMatch::Wildcard(suffix)) => format!("*.{suffix}"),
+        Some(HostMatch::Wildcard(suffix) | HostMatch::WildcardAnyDepth(suffix)) => {
+            format!("*.{suffix}")
+        }
     }
 }
 

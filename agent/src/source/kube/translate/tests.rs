@@ -1010,6 +1010,10 @@ fn gateways_listeners_and_attached_routes() {
     assert_eq!(listener("https").attached_routes, 1);
     assert!(condition(&listener("https").conditions, "ResolvedRefs").0);
     assert_eq!(
+        condition(&listener("https").conditions, "Conflicted"),
+        (false, "NoConflicts", 0)
+    );
+    assert_eq!(
         condition(&listener("broken").conditions, "ResolvedRefs"),
         (false, "InvalidCertificateRef", 0)
     );
@@ -1052,6 +1056,80 @@ fn gateways_listeners_and_attached_routes() {
 }
 
 #[test]
+fn conflicting_listeners_are_conflicted_and_take_no_routes() {
+    let objects = vec![
+        cluster::echo_service(),
+        cluster::gateway_class("tether", cluster::TETHER_CONTROLLER),
+        cluster::gateway(
+            NS,
+            "gw",
+            "tether",
+            json!([
+                cluster::http_listener("first", 80, Some("a.test")),
+                cluster::http_listener("twin", 80, Some("a.test")),
+                cluster::http_listener("alone", 80, Some("b.test")),
+                cluster::http_listener("plain", 8080, None),
+                cluster::https_listener("secure", 8080, None, "site-tls", None),
+            ]),
+        ),
+        cluster::with_parents(
+            cluster::http_route(
+                NS,
+                "twin-route",
+                &[],
+                json!([{"backendRefs": [{"name": "echo", "port": 1027}]}]),
+            ),
+            json!([{"name": "gw", "sectionName": "twin"}]),
+        ),
+        cluster::with_parents(
+            cluster::http_route(
+                NS,
+                "alone-route",
+                &[],
+                json!([{"backendRefs": [{"name": "echo", "port": 1027}]}]),
+            ),
+            json!([{"name": "gw", "sectionName": "alone"}]),
+        ),
+    ];
+    let translated = translate(&snapshot(&objects), &tls_settings());
+    let gateway = &translated.statuses.gateways[&(NS.to_string(), "gw".to_string())];
+    let listener = |name: &str| {
+        gateway
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    for (name, conflicted, reason) in [
+        ("first", true, "HostnameConflict"),
+        ("twin", true, "HostnameConflict"),
+        ("alone", false, "NoConflicts"),
+        ("plain", true, "ProtocolConflict"),
+        ("secure", true, "ProtocolConflict"),
+    ] {
+        assert_eq!(
+            condition(&listener(name).conditions, "Conflicted"),
+            (conflicted, reason, 0),
+            "{name}"
+        );
+        assert_eq!(
+            condition(&listener(name).conditions, "Programmed").0,
+            !conflicted,
+            "{name}"
+        );
+    }
+    assert_eq!(listener("twin").attached_routes, 0);
+    assert_eq!(listener("alone").attached_routes, 1);
+    // Only the route on the listener without a conflict is served, under its hostname.
+    assert_eq!(
+        schemes(&translated),
+        [("b.test".into(), Plaintext::Serve, false)]
+    );
+    let parents = &translated.statuses.routes[&(NS.to_string(), "twin-route".to_string())];
+    assert!(!condition(&parents[0].conditions, "Accepted").0);
+}
+
+#[test]
 fn without_gateway_classes_every_route_is_served_as_before() {
     let objects: Vec<Value> = gateway_objects()
         .into_iter()
@@ -1073,6 +1151,12 @@ fn without_gateway_classes_every_route_is_served_as_before() {
         schemes(&translated),
         [("foreign.test".into(), Plaintext::Serve, false)]
     );
+    // The adopted class's own status stays its controller's; its Gateway's is tether's.
+    assert!(translated.statuses.classes.is_empty());
+    assert!(translated
+        .statuses
+        .gateways
+        .contains_key(&(NS.to_string(), "foreign".to_string())));
 }
 
 #[test]
