@@ -6,7 +6,8 @@
 //! refuses connections, so each request ends in tether's own answer.
 //!
 //! Checks: no panic, no hang; the bytes that come back are a sequence of well-formed HTTP/1.x
-//! responses with statuses tether gives. The same input, read as `name: value` lines,
+//! responses with statuses tether gives, or, when the input begins with the HTTP/2 preface (the
+//! plaintext listener takes h2c with prior knowledge), HTTP/2 frames that begin with SETTINGS. The same input, read as `name: value` lines,
 //! is also a header map for the header rules (agent/src/proxy/headers.rs), whose invariants are
 //! checked directly.
 #![no_main]
@@ -23,7 +24,7 @@ use tether::proxy::headers::{
     self, ClientValues, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
 };
 use tether::proxy::upstream::Upstreams;
-use tether::proxy::{h1, Connection, Shared};
+use tether::proxy::{h1, h2::PREFACE, Connection, Shared};
 use tether::source::file;
 use tether::sticky::cookie::{CookieCodec, KEY_LEN};
 use tether::table::Tables;
@@ -194,6 +195,40 @@ thread_local! {
     static HARNESS: Harness = Harness::new();
 }
 
+/// Checks that `bytes`, the answer to a connection that began with the HTTP/2 preface (h2c with
+/// prior knowledge), are HTTP/2 frames that begin with the server's SETTINGS, as RFC 9113 3.4
+/// says.
+fn check_frames(bytes: &[u8]) {
+    const SETTINGS: u8 = 0x4;
+    const HEADER: usize = 9;
+    let context = || format!("{bytes:?}");
+    let mut rest = bytes;
+    let mut first = true;
+    while rest.len() >= HEADER {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        let kind = rest[3];
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        // DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY,
+        // WINDOW_UPDATE, CONTINUATION: hyper sends no other type.
+        assert!(kind <= 0x9, "frame type {kind}: {}", context());
+        if first {
+            assert!(
+                kind == SETTINGS && stream == 0,
+                "the server's first frame is not SETTINGS: {}",
+                context()
+            );
+            first = false;
+        }
+        if matches!(kind, 0x4 | 0x6 | 0x7) {
+            assert_eq!(stream, 0, "a connection frame on a stream: {}", context());
+        }
+        if rest.len() < HEADER + length {
+            break;
+        }
+        rest = &rest[HEADER + length..];
+    }
+}
+
 /// Checks that `bytes` are whole HTTP/1.x responses, one after another.
 fn check_responses(bytes: &[u8]) {
     let context = || String::from_utf8_lossy(bytes).into_owned();
@@ -338,5 +373,9 @@ fn check_header_rules(data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     check_header_rules(data);
     let received = HARNESS.with(|harness| harness.exchange(data));
-    check_responses(&received);
+    if data.starts_with(PREFACE) {
+        check_frames(&received);
+    } else {
+        check_responses(&received);
+    }
 });
