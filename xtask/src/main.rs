@@ -1,5 +1,5 @@
-//! Project tasks: `cargo xtask build-ebpf | demo | test | fuzz | clippy | bench l7 | bench l4 |
-//! bench idle | soak`. The benches and the soak live in `bench/` (`tether-bench`): xtask builds
+//! Project tasks: `cargo xtask build-ebpf | image | demo | test | fuzz | clippy | bench l7 |
+//! bench l4 | bench idle | soak`. The benches and the soak live in `bench/` (`tether-bench`): xtask builds
 //! them and what they measure, and runs them.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -9,6 +9,7 @@ mod build_ebpf;
 mod clippy;
 mod demo;
 mod fuzz;
+mod image;
 mod test;
 mod util;
 
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// Bootstrap the nightly toolchain and bpf-linker (cached under target/), then build ebpf/.
     BuildEbpf(build_ebpf::Options),
+    /// Build the OCI image the DaemonSet runs (static tether + kernel object, FROM scratch);
+    /// its reference is the last line printed.
+    Image(image::Options),
     /// Run the sticky-session and drain walkthrough against three local echo pods.
     Demo(demo::Options),
     /// Build the kernel programs, then run every test (unit, integration, privileged).
@@ -41,6 +45,7 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(options) => build_ebpf::run(&options).map(|_| ()),
+        Command::Image(options) => image::run(&options).map(|_| ()),
         Command::Demo(options) => demo::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Fuzz(options) => fuzz::run(&options),
