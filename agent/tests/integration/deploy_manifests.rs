@@ -62,13 +62,13 @@ fn venv() -> Result<PathBuf> {
     python_venv("kubernetes-validate-venv", KUBERNETES_VALIDATE)
 }
 
-fn kustomize(dir: &Path) -> Result<String> {
+pub fn kustomize(dir: &Path) -> Result<String> {
     run(Command::new("kubectl").arg("kustomize").arg(dir))
         .with_context(|| format!("kubectl kustomize {}", dir.display()))
 }
 
 /// Every YAML document of `text`, as JSON.
-fn documents(text: &str) -> Result<Vec<Value>> {
+pub fn documents(text: &str) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(document)?;

@@ -9,6 +9,7 @@
 //! XDP DNAT or the TC reverse NAT would show as a connection that never completes.
 //!
 //! Privileged: root runs them; otherwise they fail, unless `TETHER_SKIP_PRIVILEGED=1`.
+use crate::container::{self, Container};
 use crate::fixtures::{dataplane_ready, loading_blocking, TETHER};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
@@ -150,6 +151,9 @@ fn answer(stream: TcpStream, name: &str, stop: &AtomicBool) {
 /// cleaned up (detaching the programs), the pods stop, then the namespaces go.
 struct Lab {
     agent: Option<Child>,
+    /// Set: the agent runs from the image, as the DaemonSet runs it (a container named
+    /// `{id}-agent` in the node namespace), and `tether maps` from a second container.
+    container: Option<Container>,
     pins: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -187,6 +191,7 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         let mut lab = Self {
             agent: None,
+            container: None,
             pins: PathBuf::from("/sys/fs/bpf").join(&id),
             config: dir.join("tether.yaml"),
             log: dir.join("tether.log"),
@@ -286,8 +291,45 @@ impl Lab {
         Ok(())
     }
 
+    /// The agent's container, when it runs from the image.
+    fn container_name(&self) -> String {
+        format!("{}-agent", self.id)
+    }
+
     /// Starts `tether run` in the node namespace and waits until it runs.
     fn start_agent(&mut self) -> Result<()> {
+        if let Some(container) = &self.container {
+            let marker = self.logs().matches("tether is running").count();
+            let name = self.container_name();
+            let pins = self.pins.display().to_string();
+            container.start(
+                &name,
+                &self.node.path(),
+                &self.dir,
+                &[
+                    "run",
+                    "--config",
+                    "/etc/tether/tether.yaml",
+                    "--pin-dir",
+                    &pins,
+                ],
+            )?;
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if self.logs().matches("tether is running").count() > marker {
+                    return Ok(());
+                }
+                if let Some(code) = container::state(&name)? {
+                    bail!("the agent's container exited with {code}:\n{}", self.logs());
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "tether did not start in its container:\n{}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -331,6 +373,20 @@ impl Lab {
 
     /// SIGTERM, and waits for the exit.
     fn stop_agent(&mut self) -> Result<()> {
+        if self.container.is_some() {
+            // The stopped container's logs join the file, as a restarted pod's previous logs.
+            let (code, logs) = container::stop(&self.container_name())?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)?;
+            file.write_all(logs.as_bytes())?;
+            ensure!(
+                code == 0,
+                "the agent's container exited with {code}:\n{logs}"
+            );
+            return Ok(());
+        }
         let Some(mut child) = self.agent.take() else {
             return Ok(());
         };
@@ -351,11 +407,24 @@ impl Lab {
     }
 
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut logs = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if self.container.is_some() {
+            logs.push_str(&container::logs(&self.container_name()));
+        }
+        logs
     }
 
-    /// `tether maps VIEW --json`, run as its own process as an operator would.
+    /// `tether maps VIEW --json`, run as its own process as an operator would (from a second
+    /// container when the agent runs from the image).
     fn maps(&self, view: &str) -> Result<Value> {
+        if let Some(container) = &self.container {
+            let pins = self.pins.display().to_string();
+            let output = container.exec(
+                &self.node.path(),
+                &["maps", view, "--json", "--pin-dir", &pins],
+            )?;
+            return Ok(serde_json::from_slice(&output)?);
+        }
         let output = std::process::Command::new(TETHER)
             .args(["maps", view, "--json", "--pin-dir"])
             .arg(&self.pins)
@@ -541,6 +610,9 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.container.is_some() {
+            container::remove(&self.container_name());
+        }
         // Detaches the programs and removes the maps; the namespaces then go with the fields.
         let cleanup = std::process::Command::new(TETHER)
             .args(["cleanup", "--pin-dir"])
@@ -639,7 +711,29 @@ fn drained_flows_stay_and_survive_an_agent_restart() -> Result<()> {
         return Ok(());
     }
     let _machine = loading_blocking();
-    let mut lab = Lab::new("drain")?;
+    drained_flows_stay_and_survive_a_restart(Lab::new("drain")?)
+}
+
+/// The same scenario with the agent started as the DaemonSet starts it: from the image, with
+/// the rendered DaemonSet's securityContext and nothing more; `tether maps` from a second
+/// container, and the restart a new container.
+#[test]
+fn the_image_runs_the_data_plane_with_the_daemonsets_privileges_only() -> Result<()> {
+    let test = "the_image_runs_the_data_plane_with_the_daemonsets_privileges_only";
+    if !dataplane_ready(test) {
+        return Ok(());
+    }
+    let Some(container) = Container::from_env(test)? else {
+        return Ok(());
+    };
+    eprintln!("{test}: podman run {}", container.described);
+    let _machine = loading_blocking();
+    let mut lab = Lab::new("image")?;
+    lab.container = Some(container);
+    drained_flows_stay_and_survive_a_restart(lab)
+}
+
+fn drained_flows_stay_and_survive_a_restart(mut lab: Lab) -> Result<()> {
     lab.configure(&all_active())?;
     lab.start_agent()?;
 

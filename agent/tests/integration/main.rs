@@ -13,6 +13,7 @@ mod fixtures;
 
 mod bad_input;
 mod config_errors;
+mod container;
 mod cookies;
 mod deploy_manifests;
 mod drain;
@@ -23,6 +24,7 @@ mod kernel_dataplane;
 mod kube_gateway;
 mod kube_howto;
 mod kube_latency;
+mod kube_node;
 mod kube_outage;
 mod kube_tls;
 mod protocol;
