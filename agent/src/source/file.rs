@@ -67,13 +67,25 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 pub fn parse_bytes(content: &[u8], file: &str) -> Result<Loaded, ConfigError> {
     match std::str::from_utf8(content) {
         Ok(text) => parse(text, file),
-        Err(error) => Err(ConfigError {
-            file: file.to_string(),
-            line: None,
-            column: None,
-            field: String::new(),
-            message: format!("not UTF-8 text: {error}"),
-        }),
+        Err(error) => Err(not_utf8(file, &error)),
+    }
+}
+
+/// [`parse_node`] for a file's bytes: non-UTF-8 content is an error.
+pub fn parse_node_bytes(content: &[u8], file: &str) -> Result<Loaded, ConfigError> {
+    match std::str::from_utf8(content) {
+        Ok(text) => parse_node(text, file),
+        Err(error) => Err(not_utf8(file, &error)),
+    }
+}
+
+fn not_utf8(file: &str, error: &std::str::Utf8Error) -> ConfigError {
+    ConfigError {
+        file: file.to_string(),
+        line: None,
+        column: None,
+        field: String::new(),
+        message: format!("not UTF-8 text: {error}"),
     }
 }
 
@@ -92,15 +104,7 @@ pub fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
 /// may be empty (certificates come from the cluster's Secrets).
 pub fn load_node(path: &Path) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
-    let content = read(path)?;
-    let text = std::str::from_utf8(&content).map_err(|error| ConfigError {
-        file: file.clone(),
-        line: None,
-        column: None,
-        field: String::new(),
-        message: format!("not UTF-8 text: {error}"),
-    })?;
-    parse_with(text, &file, true)
+    parse_node_bytes(&read(path)?, &file)
 }
 
 /// [`load_node`] for text: the node-local file of `--kubernetes`.

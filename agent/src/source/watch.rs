@@ -46,6 +46,9 @@ pub struct Reload {
 /// SIGHUP (changed or not).
 pub struct Watcher {
     path: PathBuf,
+    /// How the file is read: a standalone configuration, or the node-local file of
+    /// `--kubernetes`.
+    parse: fn(&[u8], &str) -> Result<file::Loaded, file::ConfigError>,
     seen: Vec<u8>,
     hangup: Option<Signal>,
     ticker: tokio::time::Interval,
@@ -54,6 +57,19 @@ pub struct Watcher {
 impl Watcher {
     /// Starts watching `path`, whose content is now `initial`. Needs a tokio runtime.
     pub fn new(path: PathBuf, initial: Vec<u8>) -> Self {
+        Self::parsing(path, initial, file::parse_bytes)
+    }
+
+    /// [`Watcher::new`] for the node-local file of `--kubernetes`.
+    pub fn node(path: PathBuf, initial: Vec<u8>) -> Self {
+        Self::parsing(path, initial, file::parse_node_bytes)
+    }
+
+    fn parsing(
+        path: PathBuf,
+        initial: Vec<u8>,
+        parse: fn(&[u8], &str) -> Result<file::Loaded, file::ConfigError>,
+    ) -> Self {
         let hangup = match signal(SignalKind::hangup()) {
             Ok(hangup) => Some(hangup),
             Err(error) => {
@@ -65,6 +81,7 @@ impl Watcher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             path,
+            parse,
             seen: initial,
             hangup,
             ticker,
@@ -110,7 +127,7 @@ impl Watcher {
                 Trigger::FileChange
             };
             info!(path = %path.display(), trigger = trigger.as_str(), "reloading configuration");
-            let loaded = file::parse_bytes(&content, &path.display().to_string());
+            let loaded = (self.parse)(&content, &path.display().to_string());
             self.seen = content;
             return Reload { loaded, trigger };
         }

@@ -1,18 +1,25 @@
 //! The cluster source (`tether run --kubernetes`): routes, services and targets come from the
 //! API server; the optional file supplies only the node-local `proxy`, `admin` and `dataplane`
 //! sections (and `sessionKey`).
+//!
+//! The file (the DaemonSet's ConfigMap) is watched like a standalone configuration: a change
+//! that settles, or SIGHUP, is applied with the cluster's latest routes and services. What the
+//! runtime cannot change while running (the listen addresses, `sessionKey`) is logged as taking
+//! effect on restart; adding or removing the `dataplane` or `proxy.tls` section, which decide
+//! what is watched in the cluster, is refused with the reason.
 use super::events::Reporter;
 use super::{secret, KubeMetrics, Options, Source};
 use crate::model::{AdminSettings, Model, ProxySettings, ProxyTimeouts};
 use crate::runtime::{Candidate, Change, ModelSource};
 use crate::session_key;
 use crate::source::file;
+use crate::source::watch::{Reload, Trigger, Watcher};
 use crate::sticky::cookie::KEY_LEN;
 use anyhow::{bail, Context, Result};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
@@ -25,6 +32,11 @@ pub struct ClusterSource {
     options: Options,
     /// The node-local sections; every model from the cluster carries them.
     node: Model,
+    /// The node-local file and its content as first read, when there is one.
+    node_file: Option<(PathBuf, Vec<u8>)>,
+    node_watcher: Option<Watcher>,
+    /// The last model handed out: a node change is applied to its routes and services.
+    last: Option<Model>,
     metrics: KubeMetrics,
     /// Connected in [`ModelSource::shared_key`] or [`ModelSource::first`], whichever runs
     /// first (the admin endpoint answers meanwhile).
@@ -67,6 +79,10 @@ impl ClusterSource {
     /// Reads the node-local settings from `config` (or takes Kong's default ports).
     pub fn new(config: Option<&Path>, options: Options) -> Result<Self> {
         let node = node_settings(config)?;
+        let node_file = match config {
+            Some(path) => Some((path.to_path_buf(), file::read(path)?)),
+            None => None,
+        };
         // The dataplane section decides whether Services get kernel frontends.
         let mut options = options;
         options.settings.kernel = node.dataplane.is_some();
@@ -75,6 +91,9 @@ impl ClusterSource {
         Ok(Self {
             options,
             node,
+            node_file,
+            node_watcher: None,
+            last: None,
             metrics: KubeMetrics::default(),
             client: None,
             watchers: None,
@@ -94,15 +113,83 @@ impl ClusterSource {
 
     /// A model: the cluster's routes and services with the node's sections.
     fn model(&self, translated: super::translate::Translated) -> Model {
+        self.with_node(
+            translated.routes,
+            translated.services,
+            translated.certificates,
+        )
+    }
+
+    fn with_node(
+        &self,
+        routes: Vec<crate::model::Route>,
+        services: BTreeMap<String, crate::model::Service>,
+        certificates: Vec<crate::model::PemCertificate>,
+    ) -> Model {
         let mut model = Model {
-            routes: translated.routes,
-            services: translated.services,
+            routes,
+            services,
             ..self.node.clone()
         };
         if let Some(tls) = model.proxy.as_mut().and_then(|p| p.tls.as_mut()) {
-            tls.cluster = translated.certificates;
+            tls.cluster = certificates;
         }
         model
+    }
+
+    /// A change of the node-local file: the new sections with the cluster's last routes,
+    /// services and certificates, or why it is refused (the old sections stay).
+    fn node_changed(&mut self, reload: Reload) -> Change {
+        let loaded = match reload.loaded {
+            Ok(loaded) => loaded,
+            Err(error) => return Change::Rejected(error.to_string()),
+        };
+        let path = self
+            .node_file
+            .as_ref()
+            .map(|(path, _)| path.display().to_string())
+            .unwrap_or_default();
+        if let Err(why) = check_node(&loaded.model, &path) {
+            return Change::Rejected(format!("{why:#}"));
+        }
+        let node = loaded.model;
+        if node.dataplane.is_some() != self.node.dataplane.is_some() {
+            return Change::Rejected(format!(
+                "{path}: dataplane: adding or removing the section decides which Services the \
+                 kernel path takes from the cluster; restart the agent to change it"
+            ));
+        }
+        let tls = |model: &Model| model.proxy.as_ref().is_some_and(|p| p.tls.is_some());
+        if tls(&node) != tls(&self.node) {
+            return Change::Rejected(format!(
+                "{path}: proxy.tls: adding or removing the section decides whether certificate \
+                 Secrets are watched; restart the agent to change it"
+            ));
+        }
+        for warning in &loaded.warnings {
+            warn!("{warning}");
+        }
+        self.node = node;
+        let Some(last) = self.last.as_ref() else {
+            return Change::Rejected(format!("{path}: changed before the cluster was listed"));
+        };
+        let certificates = last
+            .proxy
+            .as_ref()
+            .and_then(|p| p.tls.as_ref())
+            .map(|t| t.cluster.clone())
+            .unwrap_or_default();
+        let model = self.with_node(last.routes.clone(), last.services.clone(), certificates);
+        self.last = Some(model.clone());
+        let changed_at = self
+            .node_file
+            .as_ref()
+            .and_then(|(path, _)| std::fs::metadata(path).and_then(|m| m.modified()).ok());
+        Change::Model(Candidate {
+            model,
+            forced: reload.trigger == Trigger::Hangup,
+            changed_at,
+        })
     }
 }
 
@@ -187,6 +274,11 @@ impl ModelSource for ClusterSource {
         watching.plan_status(&translated);
         let model = self.model(translated);
         self.watchers = Some(watching);
+        if let Some((path, initial)) = &self.node_file {
+            // Watching starts from the content the node's sections were read from.
+            self.node_watcher = Some(Watcher::node(path.clone(), initial.clone()));
+        }
+        self.last = Some(model.clone());
         Ok(model)
     }
 
@@ -195,13 +287,25 @@ impl ModelSource for ClusterSource {
             // `first` has not run: the runtime never asks.
             return std::future::pending().await;
         };
-        let (translated, first_event) = watching.source.next().await;
+        let node_watcher = &mut self.node_watcher;
+        let node_change = async {
+            match node_watcher.as_mut() {
+                Some(watcher) => watcher.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (translated, first_event) = tokio::select! {
+            cluster = watching.source.next() => cluster,
+            reload = node_change => return self.node_changed(reload),
+        };
         watching.reporter.report(&translated.findings);
         watching.plan_status(&translated);
         self.change_seen = Some(first_event.into_std());
         let changed_at = SystemTime::now().checked_sub(first_event.elapsed());
+        let model = self.model(translated);
+        self.last = Some(model.clone());
         Change::Model(Candidate {
-            model: self.model(translated),
+            model,
             forced: false,
             changed_at,
         })
@@ -261,18 +365,19 @@ fn node_settings(config: Option<&Path>) -> Result<Model> {
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    let model = loaded.model;
+    check_node(&loaded.model, &path.display().to_string())?;
+    Ok(loaded.model)
+}
+
+/// What the node-local file may say: proxy (required), admin, dataplane, sessionKey.
+fn check_node(model: &Model, path: &str) -> Result<()> {
     if !model.routes.is_empty() || !model.services.is_empty() {
         bail!(
-            "{}: with --kubernetes the file supplies only proxy, admin and dataplane; routes and services come from the cluster",
-            path.display()
+            "{path}: with --kubernetes the file supplies only proxy, admin and dataplane; routes and services come from the cluster"
         );
     }
     model.proxy.as_ref().with_context(|| {
-        format!(
-            "{}: with --kubernetes the file needs a proxy section (proxy.listen)",
-            path.display()
-        )
+        format!("{path}: with --kubernetes the file needs a proxy section (proxy.listen)")
     })?;
-    Ok(model)
+    Ok(())
 }
