@@ -22,6 +22,16 @@ pub struct Container {
     security: Vec<String>,
     /// What the securityContext says, for the test's log.
     pub described: String,
+    /// The image reference is a tag this test made: removed when dropped.
+    own_tag: bool,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.own_tag {
+            let _ = podman(engine().args(["untag", &self.image, &self.image]));
+        }
+    }
 }
 
 impl Container {
@@ -41,7 +51,21 @@ impl Container {
             image,
             described: security.join(" "),
             security,
+            own_tag: false,
         }))
+    }
+
+    /// The same container under another reference of the image (`IMAGE-SUFFIX`, tagged
+    /// here), as a rolling update names a new image; the tag is removed when dropped.
+    pub fn tagged(&self, suffix: &str) -> Result<Self> {
+        let image = format!("{}-{suffix}", self.image);
+        podman_output(engine().args(["tag", &self.image, &image]))?;
+        Ok(Self {
+            image,
+            security: self.security.clone(),
+            described: self.described.clone(),
+            own_tag: true,
+        })
     }
 
     /// `podman run -d` of the agent in the namespace at `netns`: `tether ARGS`, with

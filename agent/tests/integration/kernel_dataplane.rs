@@ -26,6 +26,11 @@ use tether_testkit::netns::{privileged, unique, veth, Netns};
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP_PORT: u16 = 80;
 const POD_PORT: u16 = 8080;
+/// Where the pods also answer HTTP, for the proxy's sticky service (labs with `http`).
+const POD_HTTP_PORT: u16 = 8081;
+/// The proxy's listener on the node, and its session cookie.
+const PROXY: &str = "10.77.0.1:8000";
+const SESSION_COOKIE: &str = "s";
 const UDP_VIP_PORT: u16 = 53;
 /// Where the UDP service's targets point: no pod listens there.
 const UDP_POD_PORT: u16 = 5353;
@@ -63,41 +68,44 @@ fn pod_target(pod: usize) -> SocketAddr {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pods: line servers that answer "pod-N LINE".
+// Pods: line servers that answer "pod-N LINE", and HTTP servers that answer with their name.
 
 struct Pod {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Pod {
     fn start(netns: &Netns, index: usize) -> Result<Self> {
         let name = format!("pod-{index}");
-        let listener = netns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, POD_PORT)))??;
-        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let mut threads = Vec::new();
+        for (port, answer) in [(POD_PORT, answer as Answer), (POD_HTTP_PORT, answer_http)] {
+            let listener = netns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))??;
+            listener.set_nonblocking(true)?;
             let stop = stop.clone();
             let name = name.clone();
-            std::thread::spawn(move || serve(listener, &name, &stop))
-        };
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+            threads.push(std::thread::spawn(move || {
+                serve(listener, &name, &stop, answer)
+            }));
+        }
+        Ok(Self { stop, threads })
     }
 }
 
 impl Drop for Pod {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
-fn serve(listener: TcpListener, name: &str, stop: &Arc<AtomicBool>) {
+/// How a pod's server answers one connection.
+type Answer = fn(TcpStream, &str, &AtomicBool);
+
+fn serve(listener: TcpListener, name: &str, stop: &Arc<AtomicBool>, answer: Answer) {
     let mut connections = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -114,6 +122,43 @@ fn serve(listener: TcpListener, name: &str, stop: &Arc<AtomicBool>) {
     }
     for connection in connections {
         let _ = connection.join();
+    }
+}
+
+/// Answers each HTTP/1.1 request (a head, no body) with 200, `x-pod: NAME` and NAME, keeping
+/// the connection, until the peer closes, an error, or stop.
+fn answer_http(stream: TcpStream, name: &str, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut head_bytes = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(n) => {
+                head_bytes += n;
+                if head_bytes > 16 * 1024 {
+                    return;
+                }
+                if line == "\r\n" {
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nx-pod: {name}\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if writer.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                    head_bytes = 0;
+                }
+                line.clear();
+            }
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -161,6 +206,9 @@ struct Lab {
     /// Whether the configuration lists the node's pod veths as `podInterfaces`, and with which
     /// `podDelivery`.
     pod_interfaces: bool,
+    /// The configuration also has the proxy on [`PROXY`] with a sticky service over the pods'
+    /// HTTP servers, and a session key file (created by the lab, as the DaemonSet's Secret).
+    http: bool,
     pod_delivery: Delivery,
     /// `dataplane.xdpMode`.
     xdp_mode: &'static str,
@@ -197,6 +245,7 @@ impl Lab {
             log: dir.join("tether.log"),
             dir,
             pod_interfaces: false,
+            http: false,
             pod_delivery: Delivery::Peer,
             xdp_mode: "native",
             tc_attach: None,
@@ -264,8 +313,26 @@ impl Lab {
         } else {
             String::new()
         };
+        let proxy = if self.http {
+            // The key's path as the agent sees it: the configuration's directory, mounted at
+            // /etc/tether in a container.
+            let key = if self.container.is_some() {
+                PathBuf::from("/etc/tether/session.key")
+            } else {
+                self.dir.join("session.key")
+            };
+            if !self.dir.join("session.key").exists() {
+                std::fs::write(self.dir.join("session.key"), [7u8; 32])?;
+            }
+            format!(
+                "proxy:\n  listen: {PROXY}\nsessionKey:\n  file: {}\nroutes:\n  - {{match: {{pathPrefix: /}}, service: shop}}\n",
+                key.display()
+            )
+        } else {
+            String::new()
+        };
         let mut yaml = format!(
-            "dataplane:\n  interfaces: [n0]\n  xdpMode: {}\n{pod_interfaces}services:\n  web:\n    listen: {VIP}:{VIP_PORT}\n    protocol: tcp\n    targets:\n",
+            "{proxy}dataplane:\n  interfaces: [n0]\n  xdpMode: {}\n{pod_interfaces}services:\n  web:\n    listen: {VIP}:{VIP_PORT}\n    protocol: tcp\n    targets:\n",
             self.xdp_mode
         );
         for (pod, weight) in targets {
@@ -281,6 +348,17 @@ impl Lab {
             for (pod, weight) in targets {
                 yaml.push_str(&format!(
                     "      - {{address: {}:{UDP_POD_PORT}, weight: {weight}}}\n",
+                    pod_addr(*pod)
+                ));
+            }
+        }
+        if self.http {
+            yaml.push_str(&format!(
+                "  shop:\n    policy: {{algorithm: sticky-sessions, hashOn: {{input: none}}, stickySessions: {{cookie: {SESSION_COOKIE}, cookiePath: /}}}}\n    targets:\n"
+            ));
+            for (pod, weight) in targets {
+                yaml.push_str(&format!(
+                    "      - {{address: {}:{POD_HTTP_PORT}, weight: {weight}}}\n",
                     pod_addr(*pod)
                 ));
             }
@@ -412,6 +490,14 @@ impl Lab {
             logs.push_str(&container::logs(&self.container_name()));
         }
         logs
+    }
+
+    /// `GET /` through the proxy from the client's namespace, with the session cookie if given.
+    fn http_get(&self, cookie: Option<&str>) -> Result<tether_testkit::net::HttpResponse> {
+        let proxy: SocketAddr = PROXY.parse()?;
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+        self.client
+            .run(|| tether_testkit::net::http_get(proxy, "/", &headers))?
     }
 
     /// `tether maps VIEW --json`, run as its own process as an operator would (from a second
@@ -731,6 +817,77 @@ fn the_image_runs_the_data_plane_with_the_daemonsets_privileges_only() -> Result
     let mut lab = Lab::new("image")?;
     lab.container = Some(container);
     drained_flows_stay_and_survive_a_restart(lab)
+}
+
+/// A rolling update: the agent's container is replaced by one from a new image reference,
+/// on the same pinned maps and the same session key. An established L4 flow keeps its pod
+/// through the swap, and so does a pinned L7 session; the new agent swaps its programs into the
+/// pinned links.
+#[test]
+fn an_upgrade_to_a_new_image_keeps_flows_and_sessions() -> Result<()> {
+    let test = "an_upgrade_to_a_new_image_keeps_flows_and_sessions";
+    if !dataplane_ready(test) {
+        return Ok(());
+    }
+    let Some(container) = Container::from_env(test)? else {
+        return Ok(());
+    };
+    let next = container.tagged("upgrade")?;
+    let _machine = loading_blocking();
+    let mut lab = Lab::new("upgrade")?;
+    lab.http = true;
+    lab.container = Some(container);
+    lab.configure(&all_active())?;
+    lab.start_agent()?;
+
+    // A session through the proxy, and a long-lived flow through the kernel path.
+    let first = lab.http_get(None)?;
+    ensure!(
+        first.status == 200,
+        "status {}: {}",
+        first.status,
+        first.body
+    );
+    let cookie = first
+        .set_cookie(SESSION_COOKIE)
+        .context("no session cookie")?;
+    let session_pod = first.header("x-pod").context("x-pod")?.to_string();
+    let mut long = lab.connect()?;
+    let flow_pod = long.ask("before the upgrade")?;
+
+    // The upgrade: the old container stops, one from the new image starts on the same pins.
+    lab.stop_agent()?;
+    assert_eq!(long.ask("between the two")?, flow_pod);
+    lab.container = Some(next);
+    lab.start_agent()?;
+    let logs = lab.logs();
+    assert!(
+        logs.contains("program replaced in the pinned link"),
+        "{logs}"
+    );
+    for i in 0..5 {
+        assert_eq!(long.ask(&format!("after the upgrade {i}"))?, flow_pod);
+        let again = lab.http_get(Some(&cookie))?;
+        ensure!(
+            again.status == 200,
+            "status {}: {}",
+            again.status,
+            again.body
+        );
+        assert_eq!(
+            again.header("x-pod"),
+            Some(session_pod.as_str()),
+            "the session moved"
+        );
+        // The new agent took the cookie as valid (the key is the same): no new pin.
+        assert_eq!(
+            again.set_cookie(SESSION_COOKIE),
+            None,
+            "the session was re-pinned"
+        );
+    }
+    lab.stop_agent()?;
+    Ok(())
 }
 
 fn drained_flows_stay_and_survive_a_restart(mut lab: Lab) -> Result<()> {
