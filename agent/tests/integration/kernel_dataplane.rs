@@ -128,42 +128,31 @@ fn serve(listener: TcpListener, name: &str, stop: &Arc<AtomicBool>, answer: Answ
 /// Answers each HTTP/1.1 request (a head, no body) with 200, `x-pod: NAME` and NAME, keeping
 /// the connection, until the peer closes, an error, or stop.
 fn answer_http(stream: TcpStream, name: &str, stop: &AtomicBool) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
     let mut head_bytes = 0;
-    while !stop.load(Ordering::Relaxed) {
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(n) => {
-                head_bytes += n;
-                if head_bytes > 16 * 1024 {
-                    return;
-                }
-                if line == "\r\n" {
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nx-pod: {name}\r\ncontent-length: {}\r\n\r\n{name}",
-                        name.len()
-                    );
-                    if writer.write_all(response.as_bytes()).is_err() {
-                        return;
-                    }
-                    head_bytes = 0;
-                }
-                line.clear();
-            }
-            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return,
+    each_line(stream, stop, |line| {
+        head_bytes += line.len();
+        if head_bytes > 16 * 1024 {
+            return None;
         }
-    }
+        if line != "\r\n" {
+            return Some(String::new());
+        }
+        head_bytes = 0;
+        Some(format!(
+            "HTTP/1.1 200 OK\r\nx-pod: {name}\r\ncontent-length: {}\r\n\r\n{name}",
+            name.len()
+        ))
+    });
 }
 
 /// Answers each line with "NAME LINE" until the peer closes, an error, or stop.
 fn answer(stream: TcpStream, name: &str, stop: &AtomicBool) {
+    each_line(stream, stop, |line| Some(format!("{name} {line}")));
+}
+
+/// Reads `stream` line by line and writes what `reply` makes of each line, until the peer
+/// closes, an error, `reply` says `None`, or stop.
+fn each_line(stream: TcpStream, stop: &AtomicBool, mut reply: impl FnMut(&str) -> Option<String>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let Ok(mut writer) = stream.try_clone() else {
@@ -175,10 +164,10 @@ fn answer(stream: TcpStream, name: &str, stop: &AtomicBool) {
         match reader.read_line(&mut line) {
             Ok(0) => return,
             Ok(_) => {
-                if writer
-                    .write_all(format!("{name} {line}").as_bytes())
-                    .is_err()
-                {
+                let Some(answer) = reply(&line) else {
+                    return;
+                };
+                if !answer.is_empty() && writer.write_all(answer.as_bytes()).is_err() {
                     return;
                 }
                 line.clear();
