@@ -1,7 +1,7 @@
 //! `cargo xtask image`: the OCI image the DaemonSet runs.
 //!
 //! - tether is built as a static glibc binary (static-pie: `crt-static` on the gnu target, so
-//!   glibc's allocator and no extra toolchain), stripped of debug info;
+//!   no musl toolchain; tether brings its own allocator, mimalloc), stripped of debug info;
 //! - the kernel object from `cargo xtask build-ebpf` goes to `/usr/lib/tether/tether-ebpf`,
 //!   where tether looks by itself;
 //! - the image is `FROM scratch` with those two files, entrypoint `tether`;
