@@ -100,14 +100,8 @@ pub fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
-/// Reads and validates the node-local file of `--kubernetes`, where `proxy.tls.certificates`
-/// may be empty (certificates come from the cluster's Secrets).
-pub fn load_node(path: &Path) -> Result<Loaded, ConfigError> {
-    let file = path.display().to_string();
-    parse_node_bytes(&read(path)?, &file)
-}
-
-/// [`load_node`] for text: the node-local file of `--kubernetes`.
+/// Validates the node-local file of `--kubernetes`, where `proxy.tls.certificates` may be
+/// empty (certificates come from the cluster's Secrets).
 pub fn parse_node(text: &str, file: &str) -> Result<Loaded, ConfigError> {
     parse_with(text, file, true)
 }

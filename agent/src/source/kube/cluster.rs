@@ -35,8 +35,6 @@ pub struct ClusterSource {
     /// The node-local file and its content as first read, when there is one.
     node_file: Option<(PathBuf, Vec<u8>)>,
     node_watcher: Option<Watcher>,
-    /// The last model handed out: a node change is applied to its routes and services.
-    last: Option<Model>,
     metrics: KubeMetrics,
     /// Connected in [`ModelSource::shared_key`] or [`ModelSource::first`], whichever runs
     /// first (the admin endpoint answers meanwhile).
@@ -78,11 +76,12 @@ impl Watching {
 impl ClusterSource {
     /// Reads the node-local settings from `config` (or takes Kong's default ports).
     pub fn new(config: Option<&Path>, options: Options) -> Result<Self> {
-        let node = node_settings(config)?;
+        // Read once: the first sections come from this content, and watching starts from it.
         let node_file = match config {
             Some(path) => Some((path.to_path_buf(), file::read(path)?)),
             None => None,
         };
+        let node = node_settings(node_file.as_ref().map(|(p, c)| (p.as_path(), c.as_slice())))?;
         // The dataplane section decides whether Services get kernel frontends.
         let mut options = options;
         options.settings.kernel = node.dataplane.is_some();
@@ -93,7 +92,6 @@ impl ClusterSource {
             node,
             node_file,
             node_watcher: None,
-            last: None,
             metrics: KubeMetrics::default(),
             client: None,
             watchers: None,
@@ -137,9 +135,10 @@ impl ClusterSource {
         model
     }
 
-    /// A change of the node-local file: the new sections with the cluster's last routes,
-    /// services and certificates, or why it is refused (the old sections stay).
-    fn node_changed(&mut self, reload: Reload) -> Change {
+    /// A change of the node-local file: the new sections with the running model's routes,
+    /// services and certificates (the cluster's, as last applied), or why it is refused (the
+    /// old sections stay).
+    fn node_changed(&mut self, reload: Reload, running: &Model) -> Change {
         let loaded = match reload.loaded {
             Ok(loaded) => loaded,
             Err(error) => return Change::Rejected(error.to_string()),
@@ -170,17 +169,17 @@ impl ClusterSource {
             warn!("{warning}");
         }
         self.node = node;
-        let Some(last) = self.last.as_ref() else {
-            return Change::Rejected(format!("{path}: changed before the cluster was listed"));
-        };
-        let certificates = last
+        let certificates = running
             .proxy
             .as_ref()
             .and_then(|p| p.tls.as_ref())
             .map(|t| t.cluster.clone())
             .unwrap_or_default();
-        let model = self.with_node(last.routes.clone(), last.services.clone(), certificates);
-        self.last = Some(model.clone());
+        let model = self.with_node(
+            running.routes.clone(),
+            running.services.clone(),
+            certificates,
+        );
         let changed_at = self
             .node_file
             .as_ref()
@@ -278,11 +277,10 @@ impl ModelSource for ClusterSource {
             // Watching starts from the content the node's sections were read from.
             self.node_watcher = Some(Watcher::node(path.clone(), initial.clone()));
         }
-        self.last = Some(model.clone());
         Ok(model)
     }
 
-    async fn next(&mut self, _running: &Model) -> Change {
+    async fn next(&mut self, running: &Model) -> Change {
         let Some(watching) = self.watchers.as_mut() else {
             // `first` has not run: the runtime never asks.
             return std::future::pending().await;
@@ -296,16 +294,14 @@ impl ModelSource for ClusterSource {
         };
         let (translated, first_event) = tokio::select! {
             cluster = watching.source.next() => cluster,
-            reload = node_change => return self.node_changed(reload),
+            reload = node_change => return self.node_changed(reload, running),
         };
         watching.reporter.report(&translated.findings);
         watching.plan_status(&translated);
         self.change_seen = Some(first_event.into_std());
         let changed_at = SystemTime::now().checked_sub(first_event.elapsed());
-        let model = self.model(translated);
-        self.last = Some(model.clone());
         Change::Model(Candidate {
-            model,
+            model: self.model(translated),
             forced: false,
             changed_at,
         })
@@ -340,8 +336,8 @@ impl ModelSource for ClusterSource {
 
 /// The node-local settings: the file's proxy, admin, dataplane and sessionKey sections, or
 /// Kong's default ports.
-fn node_settings(config: Option<&Path>) -> Result<Model> {
-    let Some(path) = config else {
+fn node_settings(config: Option<(&Path, &[u8])>) -> Result<Model> {
+    let Some((path, content)) = config else {
         let parse = |text: &str| -> Result<SocketAddr> { Ok(text.parse()?) };
         return Ok(Model {
             proxy: Some(ProxySettings {
@@ -361,7 +357,7 @@ fn node_settings(config: Option<&Path>) -> Result<Model> {
             services: BTreeMap::new(),
         });
     };
-    let loaded = file::load_node(path)?;
+    let loaded = file::parse_node_bytes(content, &path.display().to_string())?;
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
