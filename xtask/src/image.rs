@@ -34,8 +34,14 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 #[derive(clap::Args, Default)]
 pub struct Options {}
 
-/// Builds the image and returns its reference.
-pub fn run(_options: &Options) -> Result<String> {
+/// A built image: its reference, and the engine that holds it.
+pub struct Built {
+    pub reference: String,
+    pub engine: Engine,
+}
+
+/// Builds the image.
+pub fn run(_options: &Options) -> Result<Built> {
     let root = workspace_root();
     let engine = Engine::find(&root)?;
     let object = build_ebpf::run(&build_ebpf::Options::default())?;
@@ -70,7 +76,7 @@ pub fn run(_options: &Options) -> Result<String> {
         );
     }
     println!("{reference}");
-    Ok(reference)
+    Ok(Built { reference, engine })
 }
 
 /// The image: the static binary and the kernel object, nothing else.

@@ -29,9 +29,9 @@ pub fn run(options: &Options) -> Result<()> {
     if std::env::var("TETHER_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
         println!("test: TETHER_SKIP_PRIVILEGED=1: no image, no privileged tests");
     } else {
-        let reference = image::run(&image::Options::default())?;
-        command.env("TETHER_IMAGE", reference);
-        if let image::Engine::Podman { conf } = image::Engine::find(&workspace_root())? {
+        let built = image::run(&image::Options::default())?;
+        command.env("TETHER_IMAGE", &built.reference);
+        if let image::Engine::Podman { conf } = &built.engine {
             command.env("CONTAINERS_CONF", conf);
         }
     }
