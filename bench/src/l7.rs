@@ -27,12 +27,11 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
-use tether_testkit::binaries::echo_command;
+use tether_testkit::binaries::{echo_command, testcert};
 use tether_testkit::fs::TempDir;
 use tether_testkit::net::{free_ports, http_get, loopback, HttpResponse, Https};
-use tether_testkit::process::{indent, run_checked, Proc};
+use tether_testkit::process::{indent, Proc};
 
 mod chart;
 mod report;
@@ -538,41 +537,38 @@ fn measure(
     let o = ctx.options;
     let measured = Duration::from_secs(o.duration);
     let warmup = Duration::from_secs(o.warmup);
-    let (before, result, after) = if scenario == Scenario::H2 {
-        let mut load = h2load::Load {
-            url: &url,
-            cookie: cookie.as_deref(),
-            connections: o.connections,
-            streams: o.h2_streams,
-            threads: o.wrk_threads,
-            duration: warmup,
-            cpus: &ctx.load_cpus,
-        };
-        if o.warmup > 0 {
-            h2load::run(&load, ctx.dir, &format!("{tag}-warmup")).context("warmup")?;
+    // One run of the scenario's load generator: h2load for HTTP/2, wrk for the others.
+    let load = |duration: Duration, tag: &str| {
+        if scenario == Scenario::H2 {
+            let load = h2load::Load {
+                url: &url,
+                cookie: cookie.as_deref(),
+                connections: o.connections,
+                streams: o.h2_streams,
+                threads: o.wrk_threads,
+                duration,
+                cpus: &ctx.load_cpus,
+            };
+            h2load::run(&load, ctx.dir, tag)
+        } else {
+            let load = Load {
+                url: &url,
+                cookie: cookie.as_deref(),
+                close: scenario == Scenario::TlsHandshake,
+                connections: o.connections,
+                threads: o.wrk_threads,
+                duration,
+                cpus: &ctx.load_cpus,
+            };
+            wrk::run(&load, ctx.dir, tag)
         }
-        load.duration = measured;
-        let before = Snapshot::take();
-        let result = h2load::run(&load, ctx.dir, &tag)?;
-        (before, result, Snapshot::take())
-    } else {
-        let mut load = Load {
-            url: &url,
-            cookie: cookie.as_deref(),
-            close: scenario == Scenario::TlsHandshake,
-            connections: o.connections,
-            threads: o.wrk_threads,
-            duration: warmup,
-            cpus: &ctx.load_cpus,
-        };
-        if o.warmup > 0 {
-            wrk::run(&load, ctx.dir, &format!("{tag}-warmup")).context("warmup")?;
-        }
-        load.duration = measured;
-        let before = Snapshot::take();
-        let result = wrk::run(&load, ctx.dir, &tag)?;
-        (before, result, Snapshot::take())
     };
+    if o.warmup > 0 {
+        load(warmup, &format!("{tag}-warmup")).context("warmup")?;
+    }
+    let before = Snapshot::take();
+    let result = load(measured, &tag)?;
+    let after = Snapshot::take();
     if let Some(process) = running.process.as_mut() {
         process.ensure_running()?;
     }
@@ -701,18 +697,10 @@ fn ask(running: &Running, scenario: Scenario, cookie: Option<&str>) -> Result<Ht
 /// A self-signed certificate (tether-testcert, next to tether) that every system serves.
 fn make_certificate(bin: &Path, dir: &Path) -> Result<Certificate> {
     let combined = dir.join("site-combined.pem");
-    run_checked(
-        Command::new(bin.join("tether-testcert"))
-            .arg("--dir")
-            .arg(dir)
-            .args(["--file", "site", "--name", "bench.example"])
-            .arg("--combined")
-            .arg(&combined),
-    )
-    .context("tether-testcert (built with tether-echo)")?;
+    let (cert, key) = testcert(bin, dir, "site", "bench.example", Some(&combined))?;
     Ok(Certificate {
-        cert: dir.join("site.pem"),
-        key: dir.join("site.key"),
+        cert,
+        key,
         combined,
     })
 }

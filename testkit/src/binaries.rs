@@ -1,9 +1,10 @@
-//! The workspace's binaries as child processes: `tether-echo` backends and `tether run`, for the
-//! demo and the benches (the tests run the echo in-process and tether through `agent`).
+//! The workspace's binaries as child processes: `tether-echo` backends, `tether run` and
+//! `tether-testcert`, for the demo and the benches (the tests run the echo in-process and
+//! tether through `agent`).
 use crate::process::Proc;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -36,6 +37,32 @@ pub fn start_echo(bin_dir: &Path, log_dir: &Path, name: &str, addr: SocketAddr) 
 pub fn tether_command(mut program: Command, config: &Path) -> Command {
     program.arg("run").arg("--config").arg(config);
     program
+}
+
+/// Runs `tether-testcert` (in `bin_dir`): a self-signed certificate for `name` written as
+/// `DIR/FILE.pem` and `DIR/FILE.key`, and with `combined` both in that one file (HAProxy's
+/// `ssl crt`). The certificate's and the key's paths.
+pub fn testcert(
+    bin_dir: &Path,
+    dir: &Path,
+    file: &str,
+    name: &str,
+    combined: Option<&Path>,
+) -> Result<(PathBuf, PathBuf)> {
+    let mut command = Command::new(bin_dir.join("tether-testcert"));
+    command
+        .arg("--dir")
+        .arg(dir)
+        .args(["--file", file, "--name", name]);
+    if let Some(combined) = combined {
+        command.arg("--combined").arg(combined);
+    }
+    crate::process::run_checked(&mut command)
+        .context("tether-testcert (built with tether-echo)")?;
+    Ok((
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    ))
 }
 
 /// tether's configuration for one sticky-sessions service `echo` on the routes under `path`:

@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tether_testkit::binaries::{start_echo, sticky_config, tether_command, weighted_target};
+use tether_testkit::binaries::{
+    start_echo, sticky_config, testcert, tether_command, weighted_target,
+};
 use tether_testkit::fs::{write_atomically, TempDir};
 use tether_testkit::net::{config_generation, free_ports, http_get, loopback, HttpResponse, Https};
-use tether_testkit::process::{run_checked, Proc};
+use tether_testkit::process::Proc;
 
 const COOKIE: &str = "session-id";
 /// The HTTPS site's name (curl resolves it to the TLS listener).
@@ -212,17 +214,8 @@ struct Curled {
 
 impl Site {
     fn new(bin: &Path, dir: &Path, address: SocketAddr) -> Result<Self> {
-        run_checked(
-            Command::new(bin.join("tether-testcert"))
-                .arg("--dir")
-                .arg(dir)
-                .args(["--file", "site", "--name", SITE]),
-        )?;
-        Ok(Self {
-            address,
-            cert: dir.join("site.pem"),
-            key: dir.join("site.key"),
-        })
+        let (cert, key) = testcert(bin, dir, "site", SITE, None)?;
+        Ok(Self { address, cert, key })
     }
 
     fn proxy_yaml(&self) -> String {
