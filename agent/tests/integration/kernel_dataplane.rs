@@ -365,43 +365,46 @@ impl Lab {
 
     /// Starts `tether run` in the node namespace and waits until it runs.
     fn start_agent(&mut self) -> Result<()> {
-        if let Some(container) = &self.container {
-            let marker = self.logs().matches("tether is running").count();
-            let name = self.container_name();
-            let pins = self.pins.display().to_string();
-            container.start(
-                &name,
-                &self.node.path(),
-                &self.dir,
-                &[
-                    "run",
-                    "--config",
-                    "/etc/tether/tether.yaml",
-                    "--pin-dir",
-                    &pins,
-                ],
-            )?;
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if self.logs().matches("tether is running").count() > marker {
-                    return Ok(());
-                }
-                if let Some(code) = container::state(&name)? {
-                    bail!("the agent's container exited with {code}:\n{}", self.logs());
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "tether did not start in its container:\n{}",
-                    self.logs()
-                );
-                std::thread::sleep(Duration::from_millis(50));
+        let marker = self.logs().matches("tether is running").count();
+        self.launch_agent()?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.logs().matches("tether is running").count() > marker {
+                return Ok(());
             }
+            if let Some(exit) = self.agent_exit()? {
+                bail!("tether exited with {exit}:\n{}", self.logs());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "tether did not start:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `tether run` in the node namespace: a child process, or a container from the image.
+    fn launch_agent(&mut self) -> Result<()> {
+        if let Some(container) = &self.container {
+            ensure!(
+                self.tc_attach.is_none(),
+                "TETHER_TC_ATTACH is not passed into the agent's container"
+            );
+            let pins = self.pins.display().to_string();
+            let args = [
+                "run",
+                "--config",
+                "/etc/tether/tether.yaml",
+                "--pin-dir",
+                &pins,
+            ];
+            return container.start(&self.container_name(), &self.node.path(), &self.dir, &args);
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let marker = self.logs().matches("tether is running").count();
         let mut command = self.node.command(TETHER)?;
         if let Some(tc_attach) = self.tc_attach {
             command.env(tether::dataplane::TC_ATTACH_ENV, tc_attach);
@@ -417,25 +420,19 @@ impl Lab {
             .spawn()
             .context("start tether")?;
         self.agent = Some(child);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.logs().matches("tether is running").count() > marker {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .agent
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("tether exited with {status}:\n{}", self.logs());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "tether did not start:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        Ok(())
+    }
+
+    /// How the agent ended, if it did: the child's status or the container's exit code.
+    fn agent_exit(&mut self) -> Result<Option<String>> {
+        if self.container.is_some() {
+            return Ok(container::state(&self.container_name())?.map(|code| format!("code {code}")));
         }
+        Ok(self
+            .agent
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .map(|status| status.to_string()))
     }
 
     /// SIGTERM, and waits for the exit.
