@@ -1,16 +1,20 @@
-//! The HTTP/1.1 server side's pure parsers (agent/src/proxy/h1), at the speed of a function
-//! call: the request head parser and the chunked decoder.
+//! The HTTP/1.1 pure parsers, at the speed of a function call: the request head parser and the
+//! chunked decoder (agent/src/proxy/h1), and the response head parser of tether's client toward
+//! targets (agent/src/proxy/upstream/h1.rs).
 //!
 //! Checks: no panic; a head that parses reports a length within the input and within the limit,
 //! and parses the same from a longer buffer; the chunked decoder yields the same data, trailers
 //! and verdict whether the input arrives in one piece or split at any point (two hops that
-//! disagree on where a body ends is how requests are smuggled).
+//! disagree on where a body ends is how requests are smuggled); a response head that parses
+//! took no more bytes than it was given, parses the same with body bytes after it, and was
+//! incomplete at every shorter prefix' end.
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tether::proxy::h1::chunked::{ChunkedDecoder, Decoded};
 use tether::proxy::h1::head;
+use tether::proxy::upstream::h1::parse_response;
 
 const LIMIT: usize = 8192;
 
@@ -66,6 +70,26 @@ fn decode(pieces: &[&[u8]]) -> Outcome {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let head_method = data.first().is_some_and(|b| b & 1 == 1);
+    if let Ok(Some(parsed)) = parse_response(data, head_method) {
+        assert!(parsed.head_length <= data.len());
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let again = parse_response(&longer, head_method)
+            .expect("a response head still parses with bytes after it")
+            .expect("and is complete");
+        assert_eq!(again, parsed);
+        if parsed.head_length > 0 {
+            assert!(
+                !matches!(
+                    parse_response(&data[..parsed.head_length - 1], head_method),
+                    Ok(Some(_))
+                ),
+                "a head ended before its end"
+            );
+        }
+    }
+
     match head::parse(data, LIMIT) {
         Ok(Some((parsed, length))) => {
             assert!(length <= data.len() && length <= LIMIT);
@@ -86,7 +110,11 @@ fuzz_target!(|data: &[u8]| {
     let (front, back) = data.split_at(split);
     let pieces = decode(&[front, back]);
     // An error may be found at a different point, but it is found either way.
-    assert_eq!(whole.error.is_some(), pieces.error.is_some(), "{whole:?} vs {pieces:?}");
+    assert_eq!(
+        whole.error.is_some(),
+        pieces.error.is_some(),
+        "{whole:?} vs {pieces:?}"
+    );
     if whole.error.is_none() {
         assert_eq!(whole, pieces);
     }

@@ -4,13 +4,12 @@
 use super::choose;
 use super::handler::{closing, plain, ProxyBody};
 use super::idle::{BodyProgress, BodyState};
-use super::upstream::{Failure, Outgoing};
+use super::upstream::{Failure, Outgoing, ResponseBody};
 use super::Connection;
 use crate::metrics::OutcomeCounters;
 use crate::model::ProxyTimeouts;
 use crate::sticky::pin::{Decision, Pin};
 use crate::table::{ServiceTable, TargetSlot};
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 use tracing::{debug, warn};
 
@@ -21,7 +20,7 @@ const MAX_ATTEMPTS: usize = 5;
 pub struct Served {
     pub target: usize,
     pub pin: Pin,
-    pub response: Response<Incoming>,
+    pub response: Response<ResponseBody>,
 }
 
 /// Sends `outgoing` where `decision` says, then on to other targets while the failure allows a
@@ -46,14 +45,7 @@ pub async fn forward(
         let _in_flight = service.in_flight(target);
         let sent = connection
             .upstreams
-            .send(
-                slot.address,
-                outgoing,
-                body_progress,
-                timeouts,
-                upgrade,
-                service.h2c,
-            )
+            .send(slot.address, outgoing, body_progress, timeouts, upgrade)
             .await;
         let error = match sent {
             Ok(response) => {

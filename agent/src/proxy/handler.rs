@@ -105,7 +105,7 @@ fn upstream_request(
     headers::add_forwarded(&mut head.headers, &connection.forwarded);
     if h2c {
         to_h2c(&mut head, te_trailers);
-        return Outgoing::new(head, body);
+        return Outgoing::h2c(head, body);
     }
     if head.version == Version::HTTP_2 {
         headers::join_cookie_crumbs(&mut head.headers);
@@ -121,7 +121,7 @@ fn upstream_request(
             head.uri = uri;
         }
     }
-    Outgoing::new(head, body)
+    Outgoing::h1(&head, body)
 }
 
 /// An h2c target's request: HTTP/2, `http://` and the request's host as its authority.

@@ -10,7 +10,8 @@
 //!
 //! Each arms a timer only when its side is actually waiting, so the common path (everything
 //! ready at once) costs no timer.
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use super::upstream::ResponseBody;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -195,12 +196,12 @@ impl BodyProgress {
 
 /// The target's response body, read with the `clientIdle` limit.
 pub struct TargetBody {
-    inner: Incoming,
+    inner: ResponseBody,
     timer: StallTimer,
 }
 
 impl TargetBody {
-    pub fn new(inner: Incoming, limit: Duration) -> Self {
+    pub fn new(inner: ResponseBody, limit: Duration) -> Self {
         Self {
             inner,
             timer: StallTimer::new(limit),
@@ -224,7 +225,7 @@ impl Body for TargetBody {
                 this.timer.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(std::io::Error::other(error)))),
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
             Poll::Ready(None) => Poll::Ready(None),
         }
     }

@@ -251,6 +251,7 @@ fn run_worker(
             None => 0,
         };
         let upstreams = Rc::new(Upstreams::default());
+        tokio::task::spawn_local(prune_idle(Rc::downgrade(&upstreams), shutdown.clone()));
         let mut stop = shutdown.clone();
         loop {
             let (accepted, tls) = tokio::select! {
@@ -307,6 +308,21 @@ fn run_worker(
     // Open connections finish their current request (graceful shutdown) before the runtime ends.
     runtime.block_on(local);
     Ok(())
+}
+
+/// Lets go of idle target connections their targets closed, every few seconds, until shutdown.
+async fn prune_idle(upstreams: std::rc::Weak<Upstreams>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match upstreams.upgrade() {
+            Some(upstreams) => upstreams.prune(),
+            None => return,
+        }
+    }
 }
 
 /// Accepts on the TLS listener; pending forever when there is none.

@@ -6,6 +6,7 @@ use super::h1::TargetUpgrade;
 use super::handler::{Answer, Asked};
 use super::headers;
 use super::idle::TargetBody;
+use super::upstream;
 use super::Shared;
 use crate::sticky::pin::{self, Pin};
 use crate::table::{ServiceTable, Strategy, TargetSlot};
@@ -46,7 +47,11 @@ pub fn respond(
         response.status() == StatusCode::SWITCHING_PROTOCOLS
     };
     // The target's side of a tunnel travels in the response's extensions.
-    let target_upgrade = (switching && asked.upgrade).then(|| hyper::upgrade::on(&mut response));
+    let target_upgrade = if switching && asked.upgrade {
+        upstream::take_tunnel(&mut response)
+    } else {
+        None
+    };
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(
         &mut parts.headers,

@@ -12,6 +12,7 @@ pub mod socket;
 
 use super::handler;
 use super::idle::BodyState;
+use super::upstream::TargetTunnel;
 use super::Connection;
 use head::{Head, HeadError};
 use socket::{ClientSocket, Transport};
@@ -23,7 +24,7 @@ use tracing::debug;
 /// A tunnel the handler set up with the target (101, or 2xx to CONNECT): the connection task
 /// joins the client's socket to it once the response head is written.
 pub struct TargetUpgrade {
-    pub upgrade: hyper::upgrade::OnUpgrade,
+    pub upgrade: super::upstream::TargetTunnel,
     pub service: std::sync::Arc<str>,
     pub target: std::sync::Arc<str>,
 }
@@ -237,18 +238,30 @@ fn tunnel(socket: Rc<ClientSocket>, upgrade: TargetUpgrade) {
             return;
         };
         let (mut client, early) = socket.into_stream();
-        let upstream = match upgrade.await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                debug!(service = &*service, target = &*target, %error, "upgrade failed");
-                return;
+        let copied = match upgrade {
+            TargetTunnel::H1(connection) => {
+                let (mut upstream, from_target) = connection.into_parts();
+                if !from_target.is_empty() && client.write_all(&from_target).await.is_err() {
+                    return;
+                }
+                join(&mut client, &mut upstream, &early).await
             }
+            TargetTunnel::H2(upgrade) => match upgrade.await {
+                Ok(upstream) => {
+                    join(
+                        &mut client,
+                        &mut hyper_util::rt::TokioIo::new(upstream),
+                        &early,
+                    )
+                    .await
+                }
+                Err(error) => {
+                    debug!(service = &*service, target = &*target, %error, "upgrade failed");
+                    return;
+                }
+            },
         };
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-            return;
-        }
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        match copied {
             Ok((up, down)) => debug!(
                 service = &*service,
                 target = &*target,
@@ -259,4 +272,20 @@ fn tunnel(socket: Rc<ClientSocket>, upgrade: TargetUpgrade) {
             Err(error) => debug!(service = &*service, target = &*target, %error, "tunnel ended"),
         }
     });
+}
+
+/// Sends the client's bytes read early to the target, then copies both ways until either ends.
+async fn join<T>(
+    client: &mut Transport,
+    upstream: &mut T,
+    early: &[u8],
+) -> std::io::Result<(u64, u64)>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    if !early.is_empty() {
+        upstream.write_all(early).await?;
+    }
+    tokio::io::copy_bidirectional(client, upstream).await
 }

@@ -131,18 +131,9 @@ impl ClientSocket {
     /// Reads more into `pending`: the count read, 0 at end of stream.
     pub fn poll_fill(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut pending = self.pending.borrow_mut();
-        if pending.capacity() - pending.len() < READ_SIZE / 4 {
-            pending.reserve(READ_SIZE);
-        }
+        reserve_read(&mut pending);
         match &self.stream {
-            Stream::Plain(stream) => loop {
-                ready!(stream.poll_read_ready(cx))?;
-                match stream.try_read_buf(&mut *pending) {
-                    Ok(read) => return Poll::Ready(Ok(read)),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(error) => return Poll::Ready(Err(error)),
-                }
-            },
+            Stream::Plain(stream) => poll_read_tcp(stream, cx, &mut pending),
             Stream::Tls(stream) => {
                 let mut stream = stream.borrow_mut();
                 tokio_util::io::poll_read_buf(Pin::new(stream.as_mut()), cx, &mut *pending)
@@ -174,6 +165,9 @@ impl ClientSocket {
         let mut scratch = [0u8; READ_SIZE];
         match stream.try_read(&mut scratch) {
             Ok(read) => {
+                if read < READ_SIZE {
+                    drained(stream);
+                }
                 let mut pending = pending.borrow_mut();
                 pending.reserve(READ_SIZE);
                 pending.extend_from_slice(&scratch[..read]);
@@ -187,24 +181,11 @@ impl ClientSocket {
     /// Writes all of `parts` in order (one vectored write when the socket takes it); fails when
     /// the client reads nothing for `write_idle`.
     pub async fn write_all(&self, parts: &mut [io::IoSlice<'_>]) -> io::Result<()> {
-        let mut parts = &mut parts[..];
-        io::IoSlice::advance_slices(&mut parts, 0);
         match &self.stream {
-            Stream::Plain(stream) => {
-                while !parts.is_empty() {
-                    match stream.try_write_vectored(parts) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(written) => io::IoSlice::advance_slices(&mut parts, written),
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                            tokio::time::timeout(self.write_idle, stream.writable())
-                                .await
-                                .map_err(|_| stalled())??;
-                        }
-                        Err(error) => return Err(error),
-                    }
-                }
-            }
+            Stream::Plain(stream) => write_all_tcp(stream, parts, self.write_idle).await?,
             Stream::Tls(stream) => {
+                let mut parts = &mut parts[..];
+                io::IoSlice::advance_slices(&mut parts, 0);
                 while !parts.is_empty() {
                     let written = self
                         .within_write_idle(std::future::poll_fn(|cx| {
@@ -305,4 +286,69 @@ impl ClientSocket {
         };
         (transport, self.pending.into_inner())
     }
+}
+
+/// Room for one more read: a quarter of a read's size at least, else another read's worth.
+pub fn reserve_read(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < READ_SIZE / 4 {
+        buffer.reserve(READ_SIZE);
+    }
+}
+
+/// One read from a plain TCP socket into `buffer`'s spare room (no zeroing, no copy): the
+/// count read, 0 at end of stream. Shared by the client's socket and the targets'.
+pub fn poll_read_tcp(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buffer: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        let room = buffer.capacity() - buffer.len();
+        match stream.try_read_buf(buffer) {
+            Ok(read) => {
+                if read < room {
+                    drained(stream);
+                }
+                return Poll::Ready(Ok(read));
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Poll::Ready(Err(error)),
+        }
+    }
+}
+
+/// After a read that did not fill the room it was given, the socket is empty (epoll is
+/// edge-triggered): tokio's `try_read` keeps the socket marked readable anyway, so the next
+/// wait would start with a read that finds nothing, one wasted system call per read. Clearing
+/// the mark here is what tokio's own `poll_read` does; an operation that reports WouldBlock
+/// without a system call is how to reach it from outside.
+pub fn drained(stream: &TcpStream) {
+    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
+}
+
+/// Writes all of `parts` in order to a plain TCP socket (one vectored write when it takes
+/// them); fails when the peer reads nothing for `write_idle`.
+pub async fn write_all_tcp(
+    stream: &TcpStream,
+    parts: &mut [io::IoSlice<'_>],
+    write_idle: Duration,
+) -> io::Result<()> {
+    let mut parts = &mut parts[..];
+    io::IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match stream.try_write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => io::IoSlice::advance_slices(&mut parts, written),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(write_idle, stream.writable())
+                    .await
+                    .map_err(|_| stalled())??;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
