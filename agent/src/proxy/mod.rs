@@ -1,7 +1,6 @@
 //! The userspace fast path: an HTTP proxy (its own HTTP/1.1 server side in `h1`, hyper's
-//! HTTP/2 one in `h2`, hyper's HTTP/1.1 and h2c clients toward targets) with one
-//! single-threaded runtime per worker,
-//! each accepting on its own SO_REUSEPORT socket and owning its own connection pool, so the
+//! HTTP/2 one in `h2`, its own HTTP/1.1 client and hyper's h2c one toward targets in
+//! `upstream`) with one single-threaded runtime per worker, each accepting on its own SO_REUSEPORT socket and owning its own connection pool, so the
 //! request path takes no lock.
 pub mod body;
 mod choose;

@@ -2,7 +2,7 @@
 //! request to the handler, writes the response and waits for the next, holding no buffer while
 //! it waits (an idle keep-alive connection costs its task and its socket, nothing more).
 //!
-//! Targets are still reached through hyper's client (`upstream.rs`); the request body streams
+//! Targets are reached through `upstream` on this same task; the request body streams
 //! from this socket to the target through [`body::RequestBody`].
 pub mod body;
 pub mod chunked;
