@@ -1,12 +1,16 @@
 //! A client's request head: parsed with httparse, then held to RFC 9112's framing rules, more
 //! strictly than the RFC requires where a proxy's safety depends on it (request smuggling).
 use crate::proxy::headers::connection_has;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Uri, Version};
+use std::ops::Range;
 
 /// Header lines accepted in one head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
+
+/// Header lines the proxy may add to a request on its way to the target.
+const ADDED_HEADERS: usize = 6;
 
 /// How the request's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +46,63 @@ pub enum HeadError {
 }
 
 /// Parses the head at the start of `buffer`: `Ok(None)` when it is incomplete (and still under
-/// `max_bytes`), else the head and its length in bytes.
+/// `max_bytes`), else the head and its length in bytes. The head's bytes are copied once.
 pub fn parse(buffer: &[u8], max_bytes: usize) -> Result<Option<(Head, usize)>, HeadError> {
+    let Some(lines) = scan(buffer, max_bytes)? else {
+        return Ok(None);
+    };
+    let length = lines.length;
+    let head = build(Bytes::copy_from_slice(&buffer[..length]), &lines)?;
+    Ok(Some((head, length)))
+}
+
+/// [`parse`] for the connection's read buffer: a complete head is split off `buffer` and its
+/// target and header values share that memory, so no field is copied.
+pub fn parse_shared(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<Head>, HeadError> {
+    let Some(lines) = scan(buffer, max_bytes)? else {
+        return Ok(None);
+    };
+    let head = buffer.split_to(lines.length).freeze();
+    build(head, &lines).map(Some)
+}
+
+/// Where each part of a complete head lies, as offsets from its first byte.
+struct Lines {
+    length: usize,
+    version: Version,
+    method: Method,
+    target: Span,
+    /// (name, value) of each header line; the first `count` entries are used.
+    headers: [(Span, Span); MAX_HEADERS],
+    count: usize,
+}
+
+/// Where a part of a head lies in its buffer, as byte offsets (heads are far below 4 GiB): kept
+/// while the buffer is borrowed by the parser, used once the head is split off and frozen.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// `part`, a slice of `buffer`.
+    pub(crate) fn of(part: &[u8], buffer: &[u8]) -> Self {
+        let start = part.as_ptr() as usize - buffer.as_ptr() as usize;
+        Self {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    pub(crate) fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// The httparse pass: the head's extent and the offsets of its parts, or `None` while it is
+/// incomplete.
+fn scan(buffer: &[u8], max_bytes: usize) -> Result<Option<Lines>, HeadError> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut lines);
     let length = match parsed.parse(buffer) {
@@ -69,13 +128,39 @@ pub fn parse(buffer: &[u8], max_bytes: usize) -> Result<Option<(Head, usize)>, H
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
-    let target = parsed.path.unwrap_or_default();
-    let uri = request_target(&method, target)?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for line in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes())
+    let target = Span::of(parsed.path.unwrap_or_default().as_bytes(), buffer);
+    let mut headers = [(Span::default(), Span::default()); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (slot, line) in headers.iter_mut().zip(parsed.headers.iter()) {
+        *slot = (
+            Span::of(line.name.as_bytes(), buffer),
+            Span::of(line.value, buffer),
+        );
+    }
+    Ok(Some(Lines {
+        length,
+        version,
+        method,
+        target,
+        headers,
+        count,
+    }))
+}
+
+/// The request `lines` describe, its fields slices of `head`.
+fn build(head: Bytes, lines: &Lines) -> Result<Head, HeadError> {
+    let Lines {
+        version, target, ..
+    } = lines;
+    let version = *version;
+    let method = lines.method.clone();
+    let uri = request_target(&method, head.slice(target.range()))?;
+    // Room for the lines tether adds (X-Forwarded-*, Via), so they do not grow the map.
+    let mut headers = HeaderMap::with_capacity(lines.count + ADDED_HEADERS);
+    for (name, value) in &lines.headers[..lines.count] {
+        let name = HeaderName::from_bytes(&head[name.range()])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_bytes(line.value)
+        let value = HeaderValue::from_maybe_shared(head.slice(value.range()))
             .map_err(|_| HeadError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
@@ -90,15 +175,12 @@ pub fn parse(buffer: &[u8], max_bytes: usize) -> Result<Option<(Head, usize)>, H
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Ok(Some((
-        Head {
-            request,
-            framing,
-            keep_alive,
-            expect_continue,
-        },
-        length,
-    )))
+    Ok(Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+    })
 }
 
 fn parse_error(error: httparse::Error) -> &'static str {
@@ -114,12 +196,11 @@ fn parse_error(error: httparse::Error) -> &'static str {
 }
 
 /// The four forms of RFC 9112 §3.2, each only where it belongs.
-fn request_target(method: &Method, target: &str) -> Result<Uri, HeadError> {
+fn request_target(method: &Method, target: Bytes) -> Result<Uri, HeadError> {
     let malformed = |_| HeadError::Malformed("invalid request target");
     if *method == Method::CONNECT {
         // authority-form: host:port and nothing else.
-        let uri =
-            Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())).map_err(malformed)?;
+        let uri = Uri::from_maybe_shared(target.clone()).map_err(malformed)?;
         let plain_authority = uri.scheme().is_none()
             && uri.authority().is_some_and(|a| a.port().is_some())
             && uri.path_and_query().is_none_or(|p| p.as_str().is_empty());
@@ -129,18 +210,17 @@ fn request_target(method: &Method, target: &str) -> Result<Uri, HeadError> {
             Err(HeadError::Malformed("CONNECT needs host:port"))
         };
     }
-    if target == "*" {
+    if target.as_ref() == b"*" {
         return if *method == Method::OPTIONS {
             Uri::from_maybe_shared(Bytes::from_static(b"*")).map_err(malformed)
         } else {
             Err(HeadError::Malformed("* is for OPTIONS only"))
         };
     }
-    let uri =
-        Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())).map_err(malformed)?;
+    let uri = Uri::from_maybe_shared(target.clone()).map_err(malformed)?;
     match (uri.scheme_str(), uri.authority()) {
         // origin-form
-        (None, None) if target.starts_with('/') => Ok(uri),
+        (None, None) if target.starts_with(b"/") => Ok(uri),
         // absolute-form
         (Some("http" | "https"), Some(_)) => Ok(uri),
         _ => Err(HeadError::Malformed("invalid request target")),
@@ -233,6 +313,34 @@ mod tests {
         assert_eq!(head.request.headers()["cookie"], "k=v");
         assert_eq!(head.framing, Framing::None);
         assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn a_shared_head_is_split_off_and_its_fields_are_not_copied() {
+        let text = "GET /a?b=c HTTP/1.1\r\nHost: x\r\nCookie: k=v\r\n\r\nNEXT";
+        let mut buffer = BytesMut::from(text);
+        let memory = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let shared = parse_shared(&mut buffer, 16 * 1024)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(&buffer[..], b"NEXT");
+        let (copied, _) = head(text).expect("valid").expect("complete");
+        assert_eq!(shared.request.uri(), copied.request.uri());
+        assert_eq!(shared.request.headers(), copied.request.headers());
+        let cookie = shared.request.headers()["cookie"].as_bytes().as_ptr() as usize;
+        assert!(
+            memory.contains(&cookie),
+            "the value points into the read buffer"
+        );
+        let path = shared.request.uri().path().as_ptr() as usize;
+        assert!(
+            memory.contains(&path),
+            "the target points into the read buffer"
+        );
+
+        let mut partial = BytesMut::from("GET / HTTP/1.1\r\nHost:");
+        assert!(matches!(parse_shared(&mut partial, 64), Ok(None)));
+        assert_eq!(partial.len(), 21, "an incomplete head stays in the buffer");
     }
 
     #[test]

@@ -16,9 +16,11 @@ use super::upstream::TargetTunnel;
 use super::Connection;
 use head::{Head, HeadError};
 use socket::{ClientSocket, Transport};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use tracing::debug;
 
 /// A tunnel the handler set up with the target (101, or 2xx to CONNECT): the connection task
@@ -56,9 +58,12 @@ pub async fn serve(
     let socket = Rc::new(ClientSocket::new(transport, timeouts.client_idle));
     let mut served = 0u64;
     let mut http2 = false;
+    // One timer for every head the connection reads (see `read_head`).
+    let mut header_timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let end = loop {
         let head = match read_head(
             &socket,
+            header_timer.as_mut(),
             timeouts.header_read,
             max_header_bytes,
             served == 0,
@@ -170,14 +175,20 @@ pub async fn serve(
 /// slow head and an idle keep-alive connection. On a connection's `first` request, the HTTP/2
 /// preface instead hands the connection to the HTTP/2 server (h2c with prior knowledge; over
 /// TLS too, for a client that did not use ALPN).
+///
+/// `timer` is the connection's own, moved later for each head: a registered tokio timer moved
+/// later is one atomic update, where a new timer per head is a timer-wheel insert and removal.
 async fn read_head(
     socket: &ClientSocket,
+    mut timer: Pin<&mut Sleep>,
     header_read: Duration,
     max_bytes: usize,
     mut first: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Head, NoHead> {
-    let deadline = tokio::time::Instant::now() + header_read;
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + header_read);
     loop {
         if first && socket.has_pending() {
             match socket.with_pending(|pending| super::h2::is_preface(pending)) {
@@ -187,14 +198,7 @@ async fn read_head(
             }
         }
         if !first && socket.has_pending() {
-            let parsed = socket.with_pending(|pending| {
-                head::parse(pending, max_bytes).map(|parsed| {
-                    parsed.map(|(head, length)| {
-                        let _ = pending.split_to(length);
-                        head
-                    })
-                })
-            });
+            let parsed = socket.with_pending(|pending| head::parse_shared(pending, max_bytes));
             match parsed {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
@@ -214,7 +218,7 @@ async fn read_head(
                 Ok(0) | Err(_) => return Err(NoHead::Closed),
                 Ok(_) => {}
             },
-            () = tokio::time::sleep_until(deadline) => return Err(NoHead::Timeout { partial }),
+            () = timer.as_mut() => return Err(NoHead::Timeout { partial }),
             _ = shutdown.changed(), if !partial => return Err(NoHead::Closed),
         }
     }

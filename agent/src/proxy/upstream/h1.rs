@@ -12,6 +12,7 @@
 use super::Upstreams;
 use crate::proxy::body::ClientBody;
 use crate::proxy::h1::chunked::{ChunkedDecoder, Decoded};
+use crate::proxy::h1::head::Span;
 use crate::proxy::h1::socket::{poll_read_tcp, reserve_read, write_all_tcp};
 use crate::proxy::headers::connection_has;
 use crate::proxy::idle::BodyProgress;
@@ -21,6 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, StatusCode, Version};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,6 +30,7 @@ use std::rc::Weak;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Largest response head accepted from a target (HAProxy's whole buffer is 16 KiB; nginx's
 /// `proxy_buffer_size` is 4-8 KiB). Past it the target's answer is a 502.
@@ -60,6 +63,10 @@ pub enum TargetError {
 pub struct TargetConnection {
     stream: TcpStream,
     buffer: BytesMut,
+    /// The response timeout, one timer for the connection's life: moving a registered tokio
+    /// timer later is one atomic update, where a timer per request is a timer-wheel insert and
+    /// removal each.
+    response_timer: Pin<Box<Sleep>>,
 }
 
 impl TargetConnection {
@@ -71,6 +78,7 @@ impl TargetConnection {
         Ok(Self {
             stream,
             buffer: BytesMut::new(),
+            response_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         })
     }
 
@@ -229,7 +237,11 @@ pub async fn exchange(
     response_timeout: Duration,
     write_idle: Duration,
 ) -> Result<(ResponseHead, bool), ExchangeError> {
-    let TargetConnection { stream, buffer } = connection;
+    let TargetConnection {
+        stream,
+        buffer,
+        response_timer,
+    } = connection;
     let stream = &*stream;
     write_all_tcp(stream, &mut [IoSlice::new(&request.head)], write_idle)
         .await
@@ -253,7 +265,7 @@ pub async fn exchange(
                 Err(BodyFailure::Client) => return Err(ExchangeError::Client),
                 // The target may have answered and closed (413 and close): read that answer.
                 Err(BodyFailure::Target(error)) => {
-                    return match tokio::time::timeout(response_timeout, &mut reading).await {
+                    return match within(response_timer.as_mut(), response_timeout, &mut reading).await {
                         Ok(Ok(head)) => Ok((head, false)),
                         _ => Err(ExchangeError::Broken(TargetError::Io(error))),
                     };
@@ -261,11 +273,25 @@ pub async fn exchange(
             }
         }
     }
-    match tokio::time::timeout(response_timeout, reading).await {
+    match within(response_timer.as_mut(), response_timeout, reading).await {
         Ok(Ok(head)) => Ok((head, true)),
         Ok(Err(error)) => Err(answer_failed(error, progress)),
         Err(_) if progress.client_failed() => Err(ExchangeError::Client),
         Err(_) => Err(ExchangeError::Timeout),
+    }
+}
+
+/// `future`, unless `limit` passes first (then `Err(())`), timed by the reused `timer`.
+async fn within<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+    future: F,
+) -> Result<F::Output, ()> {
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    tokio::select! {
+        biased;
+        output = future => Ok(output),
+        () = timer => Err(()),
     }
 }
 
@@ -397,18 +423,21 @@ fn parse_head(
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(TargetError::Malformed("invalid status code"))?;
     // Where each field lies in the head, so the values can be slices of it once it is frozen.
-    let base = buffer.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
-    for line in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes())
-            .map_err(|_| TargetError::Malformed("invalid header name"))?;
-        let start = line.value.as_ptr() as usize - base;
-        fields.push((name, start..start + line.value.len()));
+    let mut fields = [(Span::default(), Span::default()); MAX_RESPONSE_HEADERS];
+    let count = parsed.headers.len();
+    for (slot, line) in fields.iter_mut().zip(parsed.headers.iter()) {
+        *slot = (
+            Span::of(line.name.as_bytes(), buffer),
+            Span::of(line.value, buffer),
+        );
     }
     let head = buffer.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, range) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
+    // Room for what tether adds (Set-Cookie, Connection), so those do not grow the map.
+    let mut headers = HeaderMap::with_capacity(count + 2);
+    for (name, value) in &fields[..count] {
+        let name = HeaderName::from_bytes(&head[name.range()])
+            .map_err(|_| TargetError::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.range()))
             .map_err(|_| TargetError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
