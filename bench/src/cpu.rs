@@ -238,6 +238,18 @@ impl Snapshot {
         self.tree_ticks(me) + reaped
     }
 
+    /// CPU seconds (user + system, all threads) the live process tree of `root` used between
+    /// two snapshots, from the ticks in /proc/PID/stat; `None` when `root` is not in both.
+    pub fn tree_cpu_seconds(before: &Self, after: &Self, root: u32) -> Option<f64> {
+        if !before.procs.contains_key(&root) || !after.procs.contains_key(&root) {
+            return None;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let ticks = after.tree_ticks(root) as f64 - before.tree_ticks(root) as f64;
+        (hz > 0.0).then(|| ticks.max(0.0) / hz)
+    }
+
     pub fn usage(
         before: &Self,
         after: &Self,

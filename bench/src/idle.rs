@@ -488,7 +488,7 @@ fn start(ctx: &Ctx, system: System, n: usize) -> Result<Running> {
                 &config,
                 tether_config(ports[1], ports[2], backend_addr, ctx.tether_max_connections),
             )?;
-            let command = proxies::tether(Command::new(ctx.bin.join("tether")), &config);
+            let command = proxies::tether(Command::new(ctx.bin.join("tether")), &config, 1);
             (ports[1], command, TETHER_COOKIE)
         }
         System::Haproxy => {
@@ -534,6 +534,7 @@ fn haproxy_config(port: u16, backend: SocketAddrV4, n: usize) -> String {
     proxies::haproxy_config(&Haproxy {
         port,
         backends: &[SocketAddr::V4(backend)],
+        threads: 1,
         global: &format!("    maxconn {maxconn}\n    no strict-limits\n"),
         timeouts: "    timeout client 5m\n    timeout server 5m\n    timeout http-request 5m\n    \
                    timeout http-keep-alive 5m\n",

@@ -1,13 +1,14 @@
 //! `cargo xtask bench l7`: tether against HAProxy and nginx (and no proxy at all), side by side
 //! in one run, against the same three `tether-echo` backends, loaded by `wrk`.
 //!
-//! Each proxy gets one worker thread pinned to its own CPU; the load generator and the backends
-//! share the other CPU(s). Scenarios: `sticky` (every request carries a valid session cookie)
-//! and `new-session` (no cookie, so every request makes a new pin and gets a `Set-Cookie`) over
-//! plaintext HTTP/1.1; then over each proxy's TLS listener (one self-signed ECDSA P-256
-//! certificate for all, TLS 1.2 and 1.3, ALPN h2 and http/1.1): `https` (HTTP/1.1 keep-alive),
-//! `h2` (HTTP/2, loaded by h2load) and `tls-handshake` (a new connection and full handshake per
-//! request). The bare backend (`direct`) runs the plaintext scenarios only.
+//! Each proxy runs with each worker count of `--workers` (default one), its N workers pinned to
+//! CPUs 0..N-1; the load generator and the backends share the other CPU(s) (all but CPU 0).
+//! Every cell records the proxy's CPU time per request. Scenarios: `sticky` (every request
+//! carries a valid session cookie) and `new-session` (no cookie, so every request makes a new
+//! pin and gets a `Set-Cookie`) over plaintext HTTP/1.1; then over each proxy's TLS listener
+//! (one self-signed ECDSA P-256 certificate for all, TLS 1.2 and 1.3, ALPN h2 and http/1.1):
+//! `https` (HTTP/1.1 keep-alive), `h2` (HTTP/2, loaded by h2load) and `tls-handshake` (a new
+//! connection and full handshake per request). The bare backend (`direct`) runs the plaintext scenarios only.
 use crate::built;
 use crate::cpu::{cpu_list, parse_cpu_list, pinned, Snapshot, Usage};
 use crate::h2load;
@@ -37,8 +38,8 @@ mod chart;
 mod report;
 
 use report::{
-    print_results, ratios, summarize, target, Cell, Pinning, Report, Sample, Scenario, Settings,
-    System,
+    cpu_us_per_request, groups, print_results, ratios, summarize, target, Cell, Group, Pinning,
+    Report, Sample, Scenario, Settings, System, WorkerPinning,
 };
 
 /// The cookie nginx hashes on (nginx variables cannot contain '-', so not `session-id`).
@@ -73,7 +74,12 @@ pub struct Options {
     /// Concurrent streams per connection in the h2 scenario (h2load -m).
     #[arg(long, default_value_t = 4)]
     h2_streams: u32,
-    /// CPUs for the proxy under test (taskset list); default 0.
+    /// Proxy worker counts to run every cell at (tether --workers, HAProxy nbthread, nginx
+    /// worker_processes): positive integers or `all` (one per CPU), e.g. `1,2,all`.
+    #[arg(long, default_value = "1")]
+    workers: String,
+    /// CPUs for the proxy under test (taskset list), at every worker count; default 0..N-1 for
+    /// N workers.
     #[arg(long)]
     proxy_cpus: Option<String>,
     /// CPUs for wrk and the backends (taskset list); default all but CPU 0.
@@ -120,7 +126,7 @@ struct Ctx<'a> {
     backends: Vec<SocketAddr>,
     ports: Ports,
     certificate: Certificate,
-    proxy_cpus: Vec<usize>,
+    proxy_cpus: ProxyCpus,
     load_cpus: Vec<usize>,
     /// Why tether cannot run at all (build failed, binary missing).
     tether_unavailable: Option<String>,
@@ -129,6 +135,8 @@ struct Ctx<'a> {
 /// A system ready to take load; its process (if any) stops on drop.
 struct Running {
     system: System,
+    /// The proxy's worker count.
+    workers: usize,
     addr: SocketAddr,
     /// The TLS listener, for systems that have one.
     tls_addr: Option<SocketAddr>,
@@ -150,6 +158,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let systems = sorted_unique(&options.systems);
     let scenarios = sorted_unique(&options.scenarios);
+    let workers = parse_workers(&options.workers, nproc())?;
     if scenarios.contains(&Scenario::H2) && !have_program("h2load") {
         bail!(
             "h2load is not installed (apt-get install nghttp2-client), or leave out --scenarios h2"
@@ -162,7 +171,7 @@ pub fn run(options: &Options) -> Result<()> {
     let root = built::workspace_root();
     let out_dir = summary::out_dir(options.out_dir.as_ref(), &root);
     let (bin, tether_unavailable) = proxies::binaries()?;
-    let (proxy_cpus, load_cpus) = pinning(options)?;
+    let (proxy_cpus, load_cpus) = pinning(options, &workers)?;
     let machine = Machine::probe(&root);
     let (timestamp, stamp) = utc_now();
     let temp = TempDir::new("bench-l7")?;
@@ -192,34 +201,44 @@ pub fn run(options: &Options) -> Result<()> {
     };
 
     let pinning = describe_pinning(&ctx);
-    print_header(&ctx, &machine, &pinning.description, &scenarios);
+    print_header(&ctx, &machine, &pinning, &scenarios, &workers);
 
     // Backends live for the whole run; dropping the Vec stops them, on error too.
     let _backends = start_backends(&ctx)?;
 
-    let mut acc: BTreeMap<(System, Scenario), Rounds<Sample>> = BTreeMap::new();
+    let mut acc: BTreeMap<(System, Group), Rounds<Sample>> = BTreeMap::new();
     for round in 1..=options.rounds {
         if options.rounds > 1 {
             println!("round {round}/{}", options.rounds);
         }
-        for system in round_order(&systems, round) {
-            let runs: Vec<Scenario> = scenarios
-                .iter()
-                .copied()
-                .filter(|scenario| scenario.runs_on(system))
-                .collect();
-            run_system(&ctx, system, &runs, round, &mut acc);
+        for &count in &workers {
+            if workers.len() > 1 {
+                println!(" {}", workers_text(count));
+            }
+            for system in round_order(&systems, round) {
+                let runs: Vec<Group> = scenarios
+                    .iter()
+                    .copied()
+                    .filter(|scenario| scenario.runs_on(system))
+                    .map(|scenario| Group {
+                        scenario,
+                        workers: count,
+                    })
+                    .collect();
+                run_system(&ctx, system, count, &runs, round, &mut acc);
+            }
         }
     }
 
+    let groups = groups(&scenarios, &workers);
     let cells: Vec<Cell> = systems
         .iter()
-        .flat_map(|&sys| scenarios.iter().map(move |&sc| (sys, sc)))
-        .filter(|&(sys, sc)| sc.runs_on(sys))
-        .map(|(sys, sc)| summarize(sys, sc, acc.remove(&(sys, sc)).unwrap_or_default()))
+        .flat_map(|&sys| groups.iter().map(move |&group| (sys, group)))
+        .filter(|&(sys, group)| group.scenario.runs_on(sys))
+        .map(|(sys, group)| summarize(sys, group, acc.remove(&(sys, group)).unwrap_or_default()))
         .collect();
-    let ratios = ratios(&cells, &scenarios);
-    let target = target(&cells, &scenarios);
+    let ratios = ratios(&cells, &groups);
+    let target = target(&cells, &groups);
     let report = Report {
         bench: "l7",
         timestamp,
@@ -229,7 +248,7 @@ pub fn run(options: &Options) -> Result<()> {
             connections: options.connections,
             wrk_threads: options.wrk_threads,
             rounds: options.rounds,
-            proxy_workers: 1,
+            proxy_workers: workers.clone(),
             h2_streams: options.h2_streams,
             certificate: "one self-signed ECDSA P-256 certificate (rcgen), served by every system"
                 .to_string(),
@@ -240,7 +259,7 @@ pub fn run(options: &Options) -> Result<()> {
                 .enumerate()
                 .map(|(i, a)| format!("pod-{} {a}", i + 1))
                 .collect(),
-            systems: system_descriptions(&machine),
+            systems: system_descriptions(&machine, &workers),
         },
         machine,
         cells,
@@ -254,39 +273,86 @@ pub fn run(options: &Options) -> Result<()> {
         .cells
         .iter()
         .filter(|c| !c.ok)
-        .map(|c| format!("{}/{}", c.system.name(), c.scenario.name()))
+        .map(|c| format!("{}/{}/{}w", c.system.name(), c.scenario.name(), c.workers))
         .collect();
     fail_unclean(&failed, "cell(s)")
 }
 
-fn pinning(options: &Options) -> Result<(Vec<usize>, Vec<usize>)> {
+/// The worker counts of `--workers`: positive integers or `all` (`nproc`), comma-separated;
+/// ascending, each once. None may exceed the CPUs there are.
+fn parse_workers(text: &str, nproc: usize) -> Result<Vec<usize>> {
+    let mut counts = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let count = if part.eq_ignore_ascii_case("all") {
+            nproc.max(1)
+        } else {
+            match part.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => bail!("--workers {text}: {part:?} is not a positive integer or `all`"),
+            }
+        };
+        if count > nproc.max(1) {
+            bail!("--workers {text}: {count} workers, but this machine has {nproc} CPU(s)");
+        }
+        counts.push(count);
+    }
+    Ok(sorted_unique(&counts))
+}
+
+/// `1 worker`, `2 workers`.
+fn workers_text(count: usize) -> String {
+    format!("{count} worker{}", if count == 1 { "" } else { "s" })
+}
+
+/// The proxy's CPUs at `workers` workers: `--proxy-cpus` as given, else CPUs 0..workers-1
+/// (none, so unpinned, on a 1-CPU machine).
+fn choose_proxy_cpus(given: Option<&[usize]>, workers: usize, nproc: usize) -> Vec<usize> {
+    match given {
+        Some(cpus) => cpus.to_vec(),
+        None if nproc >= 2 => (0..workers.min(nproc)).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The proxy's CPUs at each worker count (empty: unpinned).
+type ProxyCpus = BTreeMap<usize, Vec<usize>>;
+
+/// The proxy's CPUs at each worker count, and the load's CPUs (empty: unpinned).
+fn pinning(options: &Options, workers: &[usize]) -> Result<(ProxyCpus, Vec<usize>)> {
     let n = nproc();
+    let unpinned = || {
+        let proxy = workers.iter().map(|&w| (w, Vec::new())).collect();
+        Ok((proxy, Vec::new()))
+    };
     if options.no_pin {
-        return Ok((Vec::new(), Vec::new()));
+        return unpinned();
     }
     if !have_program("taskset") {
         eprintln!("warning: taskset not found (util-linux); running unpinned");
-        return Ok((Vec::new(), Vec::new()));
+        return unpinned();
     }
-    let proxy = match &options.proxy_cpus {
-        Some(list) => parse_cpu_list(list)?,
-        None if n >= 2 => vec![0],
-        None => Vec::new(),
-    };
+    let given = options
+        .proxy_cpus
+        .as_deref()
+        .map(parse_cpu_list)
+        .transpose()?;
+    let proxy: ProxyCpus = workers
+        .iter()
+        .map(|&w| (w, choose_proxy_cpus(given.as_deref(), w, n)))
+        .collect();
     let load = match &options.load_cpus {
         Some(list) => parse_cpu_list(list)?,
         None if n >= 2 => (1..n).collect(),
         None => Vec::new(),
     };
-    if let Some(cpu) = proxy.iter().chain(&load).find(|&&c| c >= n) {
+    if let Some(cpu) = proxy.values().flatten().chain(&load).find(|&&c| c >= n) {
         bail!("CPU {cpu} does not exist here ({n} CPUs)");
-    }
-    if proxy.iter().any(|c| load.contains(c)) {
-        eprintln!("warning: the proxy and load CPU sets overlap");
     }
     Ok((proxy, load))
 }
 
+/// Where the proxy ran at each worker count, and what that means: the notes say where it
+/// shared CPUs with the load (at N = all CPUs it must), or had fewer CPUs than workers.
 fn describe_pinning(ctx: &Ctx) -> Pinning {
     let o = ctx.options;
     let load_what = format!(
@@ -300,28 +366,88 @@ fn describe_pinning(ctx: &Ctx) -> Pinning {
             format!("CPU {} (taskset -c {})", cpu_list(cpus), cpu_list(cpus))
         }
     };
-    let enabled = !ctx.proxy_cpus.is_empty() || !ctx.load_cpus.is_empty();
+    let enabled = ctx.proxy_cpus.values().any(|c| !c.is_empty()) || !ctx.load_cpus.is_empty();
+    let mut by_workers = Vec::new();
+    let mut notes = Vec::new();
+    for (&workers, cpus) in &ctx.proxy_cpus {
+        let shared: Vec<usize> = cpus
+            .iter()
+            .copied()
+            .filter(|c| ctx.load_cpus.contains(c))
+            .collect();
+        if !shared.is_empty() {
+            notes.push(format!(
+                "at {}, the proxy (CPU {}) shares CPU {} with wrk and the backends: proxy and \
+                 load compete for {}, so those cells are not the proxy's alone",
+                workers_text(workers),
+                cpu_list(cpus),
+                cpu_list(&shared),
+                if shared.len() == 1 { "it" } else { "them" }
+            ));
+        }
+        if !cpus.is_empty() && cpus.len() < workers {
+            notes.push(format!(
+                "at {}, the proxy has only {} CPU(s) (CPU {})",
+                workers_text(workers),
+                cpus.len(),
+                cpu_list(cpus)
+            ));
+        }
+        by_workers.push(WorkerPinning {
+            workers,
+            proxy_cpus: cpu_list(cpus),
+            shared_with_load: cpu_list(&shared),
+        });
+    }
+    let proxies = |text: &dyn Fn(&[usize]) -> String| {
+        ctx.proxy_cpus
+            .iter()
+            .map(|(&w, cpus)| {
+                if ctx.proxy_cpus.len() == 1 {
+                    text(cpus)
+                } else {
+                    format!("{}: {}", workers_text(w), text(cpus))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let counts = ctx
+        .proxy_cpus
+        .keys()
+        .map(|&w| workers_text(w))
+        .collect::<Vec<_>>()
+        .join(", ");
     let description = if enabled {
-        format!(
-            "proxy under test (1 worker) -> {}; {load_what} -> {}",
-            where_(&ctx.proxy_cpus),
-            where_(&ctx.load_cpus)
-        )
+        let proxy = if ctx.proxy_cpus.len() == 1 {
+            format!("proxy under test ({counts}) -> {}", proxies(&where_))
+        } else {
+            format!("proxy under test: {}", proxies(&where_))
+        };
+        format!("{proxy}; {load_what} -> {}", where_(&ctx.load_cpus))
     } else {
         format!(
-            "nothing pinned ({} CPU(s)); proxy (1 worker), {load_what}",
+            "nothing pinned ({} CPU(s)); proxy ({counts}), {load_what}",
             nproc()
         )
     };
     Pinning {
         enabled,
-        proxy_cpus: cpu_list(&ctx.proxy_cpus),
+        proxy_cpus: proxies(&|cpus: &[usize]| cpu_list(cpus)),
         load_cpus: cpu_list(&ctx.load_cpus),
         description,
+        by_workers,
+        notes,
     }
 }
 
-fn print_header(ctx: &Ctx, machine: &Machine, pinning: &str, scenarios: &[Scenario]) {
+fn print_header(
+    ctx: &Ctx,
+    machine: &Machine,
+    pinning: &Pinning,
+    scenarios: &[Scenario],
+    workers: &[usize],
+) {
     let tools = format!(
         "{} | {} | {}",
         machine
@@ -335,15 +461,24 @@ fn print_header(ctx: &Ctx, machine: &Machine, pinning: &str, scenarios: &[Scenar
         machine.wrk.clone().unwrap_or_else(|| "?".into())
     );
     summary::print_header("l7", machine, &tools);
-    println!("pinning: {pinning}");
+    println!("pinning: {}", pinning.description);
+    for note in &pinning.notes {
+        println!("pinning: NOTE: {note}");
+    }
     println!(
-        "load: {} s measured after {} s warmup per cell, {} round(s); scenarios: {}",
+        "load: {} s measured after {} s warmup per cell, {} round(s); scenarios: {}; proxy \
+         workers: {}",
         ctx.options.duration,
         ctx.options.warmup,
         ctx.options.rounds,
         scenarios
             .iter()
             .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        workers
+            .iter()
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -390,11 +525,12 @@ fn start_backends(ctx: &Ctx) -> Result<Vec<Proc>> {
 fn run_system(
     ctx: &Ctx,
     system: System,
-    scenarios: &[Scenario],
+    workers: usize,
+    groups: &[Group],
     round: u32,
-    acc: &mut BTreeMap<(System, Scenario), Rounds<Sample>>,
+    acc: &mut BTreeMap<(System, Group), Rounds<Sample>>,
 ) {
-    let mut running = match start(ctx, system) {
+    let mut running = match start(ctx, system, workers) {
         Ok(running) => running,
         Err(error) => {
             println!(
@@ -402,24 +538,32 @@ fn run_system(
                 system.name(),
                 indent(&format!("{error:#}"))
             );
-            let message = format!("{} failed to start: {error:#}", system.name());
-            failed_to_start(acc, system, scenarios, &message);
+            let message = format!(
+                "{} ({}) failed to start: {error:#}",
+                system.name(),
+                workers_text(workers)
+            );
+            failed_to_start(acc, system, groups, &message);
             return;
         }
     };
-    for &scenario in scenarios {
-        print!("  {:<8} {:<12} ", system.name(), scenario.name());
+    for &group in groups {
+        print!("  {:<8} {:<12} ", system.name(), group.scenario.name());
         let _ = std::io::stdout().flush();
-        let entry = acc.entry((system, scenario)).or_default();
-        match measure(ctx, &mut running, scenario, round, &mut entry.notes) {
+        let entry = acc.entry((system, group)).or_default();
+        match measure(ctx, &mut running, group.scenario, round, &mut entry.notes) {
             Ok(sample) => {
                 let w = &sample.wrk;
                 println!(
-                    "{:>9} req/s  p50 {:>7}  p99 {:>7}  cpu: proxy {} load {} other {}  io {}{}",
+                    "{:>9} req/s  p50 {:>7}  p99 {:>7}  cpu: proxy {} ({}/req) load {} other {}  \
+                     io {}{}",
                     thousands(w.requests_per_sec),
                     ms(w.p50_us / 1e3),
                     ms(w.p99_us / 1e3),
                     pct(sample.cpu.proxy_process_pct),
+                    sample
+                        .cpu_us_per_request
+                        .map_or_else(|| "-".into(), |v| format!("{v:.1}us")),
                     pct(sample.cpu.load_cpu_busy_pct),
                     pct(sample.cpu.foreign_pct),
                     pct(sample.cpu.io_pressure_pct),
@@ -438,12 +582,14 @@ fn run_system(
     }
 }
 
-fn start(ctx: &Ctx, system: System) -> Result<Running> {
+fn start(ctx: &Ctx, system: System, workers: usize) -> Result<Running> {
     let dir = ctx.dir;
+    let cpus = ctx.proxy_cpus(workers);
     let (addr, command) = match system {
         System::Direct => {
             return Ok(Running {
                 system,
+                workers,
                 addr: ctx.backends[0],
                 tls_addr: None,
                 process: None,
@@ -469,13 +615,13 @@ fn start(ctx: &Ctx, system: System) -> Result<Running> {
                     ),
                 ),
             )?;
-            let command = proxies::tether(pinned(&ctx.proxy_cpus, ctx.bin.join("tether")), &config);
+            let command = proxies::tether(pinned(cpus, ctx.bin.join("tether")), &config, workers);
             (loopback(ctx.ports.tether), command)
         }
         System::Haproxy => {
             let config = dir.join("haproxy.cfg");
-            fs::write(&config, haproxy_config(ctx))?;
-            let command = proxies::haproxy(pinned(&ctx.proxy_cpus, "haproxy"), &config)?;
+            fs::write(&config, haproxy_config(ctx, workers))?;
+            let command = proxies::haproxy(pinned(cpus, "haproxy"), &config)?;
             (loopback(ctx.ports.haproxy), command)
         }
         System::Nginx => {
@@ -485,8 +631,8 @@ fn start(ctx: &Ctx, system: System) -> Result<Running> {
             let prefix = dir.join("nginx");
             fs::create_dir_all(&prefix)?;
             let config = prefix.join("nginx.conf");
-            fs::write(&config, nginx_config(ctx, &prefix))?;
-            let mut command = pinned(&ctx.proxy_cpus, "nginx");
+            fs::write(&config, nginx_config(ctx, &prefix, workers))?;
+            let mut command = pinned(cpus, "nginx");
             command
                 .arg("-p")
                 .arg(&prefix)
@@ -508,6 +654,7 @@ fn start(ctx: &Ctx, system: System) -> Result<Running> {
     process.wait_ready(tls_addr, READY_TIMEOUT)?;
     Ok(Running {
         system,
+        workers,
         addr,
         tls_addr: Some(tls_addr),
         process: Some(process),
@@ -533,7 +680,12 @@ fn measure(
         (true, Some(tls)) => format!("https://{tls}/"),
         (true, None) => bail!("{} has no TLS listener", running.system.name()),
     };
-    let tag = format!("{}-{}-{round}", running.system.name(), scenario.name());
+    let tag = format!(
+        "{}-{}-w{}-{round}",
+        running.system.name(),
+        scenario.name(),
+        running.workers
+    );
     let o = ctx.options;
     let measured = Duration::from_secs(o.duration);
     let warmup = Duration::from_secs(o.warmup);
@@ -572,28 +724,34 @@ fn measure(
     if let Some(process) = running.process.as_mut() {
         process.ensure_running()?;
     }
-    let cpu = match (&before, &after) {
-        (Some(b), Some(a)) => Snapshot::usage(
-            b,
-            a,
-            running.process.as_ref().map(Proc::pid),
-            &ctx.proxy_cpus,
-            &ctx.load_cpus,
+    let pid = running.process.as_ref().map(Proc::pid);
+    let (cpu, proxy_cpu_s) = match (&before, &after) {
+        (Some(b), Some(a)) => (
+            Snapshot::usage(b, a, pid, ctx.proxy_cpus(running.workers), &ctx.load_cpus),
+            pid.and_then(|pid| Snapshot::tree_cpu_seconds(b, a, pid)),
         ),
-        _ => Usage::default(),
+        _ => (Usage::default(), None),
     };
     if cpu.disturbed(QUIET_PCT) {
         notes.insert(disturbed_note(
-            &format!("{}/{}", running.system.name(), scenario.name()),
+            &format!(
+                "{}/{}/{}w",
+                running.system.name(),
+                scenario.name(),
+                running.workers
+            ),
             round,
             cpu.foreign_pct,
             cpu.io_pressure_pct,
         ));
     }
+    let cpu_us_per_request = cpu_us_per_request(proxy_cpu_s, result.requests);
     Ok(Sample {
         round,
         wrk: result,
         cpu,
+        proxy_cpu_s,
+        cpu_us_per_request,
     })
 }
 
@@ -705,10 +863,11 @@ fn make_certificate(bin: &Path, dir: &Path) -> Result<Certificate> {
     })
 }
 
-fn haproxy_config(ctx: &Ctx) -> String {
+fn haproxy_config(ctx: &Ctx, workers: usize) -> String {
     proxies::haproxy_config(&Haproxy {
         port: ctx.ports.haproxy,
         backends: &ctx.backends,
+        threads: workers,
         global: "    maxconn 4096\n",
         timeouts:
             "    timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 30s\n",
@@ -720,7 +879,7 @@ fn haproxy_config(ctx: &Ctx) -> String {
     })
 }
 
-fn nginx_config(ctx: &Ctx, prefix: &Path) -> String {
+fn nginx_config(ctx: &Ctx, prefix: &Path, workers: usize) -> String {
     let p = prefix.display();
     let servers: String = ctx
         .backends
@@ -730,7 +889,7 @@ fn nginx_config(ctx: &Ctx, prefix: &Path) -> String {
     format!(
         "daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
 
@@ -776,21 +935,30 @@ http {{
     )
 }
 
-fn system_descriptions(machine: &Machine) -> BTreeMap<String, String> {
+fn system_descriptions(machine: &Machine, workers: &[usize]) -> BTreeMap<String, String> {
     let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
+    let n = workers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("|");
     BTreeMap::from([
-        ("direct".into(), "wrk straight to backend pod-1".into()),
+        (
+            "direct".into(),
+            "wrk straight to backend pod-1 (no proxy; run again with each worker count's cells)"
+                .into(),
+        ),
         (
             "tether".into(),
             format!(
-                "target/release/tether run --workers 1, sticky-sessions cookie {TETHER_COOKIE}; \
-                 proxy.tls (rustls, ring)"
+                "target/release/tether run --workers {n}, sticky-sessions cookie \
+                 {TETHER_COOKIE}; proxy.tls (rustls, ring)"
             ),
         ),
         (
             "haproxy".into(),
             format!(
-                "{}; nbthread 1, cookie {HAPROXY_COOKIE} insert indirect nocache, roundrobin; \
+                "{}; nbthread {n}, cookie {HAPROXY_COOKIE} insert indirect nocache, roundrobin; \
                  bind ssl crt alpn h2,http/1.1",
                 version(&machine.haproxy)
             ),
@@ -798,10 +966,47 @@ fn system_descriptions(machine: &Machine) -> BTreeMap<String, String> {
         (
             "nginx".into(),
             format!(
-                "{}; worker_processes 1, hash $cookie_{NGINX_COOKIE} consistent, upstream \
+                "{}; worker_processes {n}, hash $cookie_{NGINX_COOKIE} consistent, upstream \
                  keepalive 64; listen ssl http2",
                 version(&machine.nginx)
             ),
         ),
     ])
+}
+
+impl Ctx<'_> {
+    /// The proxy's CPUs at `workers` workers (empty: unpinned).
+    fn proxy_cpus(&self, workers: usize) -> &[usize] {
+        self.proxy_cpus.get(&workers).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_lists_resolve_all_and_dedupe() -> Result<()> {
+        assert_eq!(parse_workers("1", 2)?, vec![1]);
+        assert_eq!(parse_workers("1,2,all", 2)?, vec![1, 2]);
+        assert_eq!(parse_workers("all,1", 4)?, vec![1, 4]);
+        assert_eq!(parse_workers(" 2 , 1,2,ALL", 8)?, vec![1, 2, 8]);
+        assert_eq!(parse_workers("all", 1)?, vec![1]);
+        for bad in ["0", "-1", "x", "", "1,", "1.5", "3"] {
+            assert!(parse_workers(bad, 2).is_err(), "{bad:?} parsed");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn proxy_cpus_follow_the_worker_count_unless_given() {
+        assert_eq!(choose_proxy_cpus(None, 1, 2), vec![0]);
+        assert_eq!(choose_proxy_cpus(None, 2, 2), vec![0, 1]);
+        assert_eq!(choose_proxy_cpus(None, 3, 8), vec![0, 1, 2]);
+        assert_eq!(choose_proxy_cpus(None, 1, 1), Vec::<usize>::new());
+        assert_eq!(choose_proxy_cpus(Some(&[2, 3]), 1, 4), vec![2, 3]);
+        assert_eq!(choose_proxy_cpus(Some(&[2]), 4, 4), vec![2]);
+        assert_eq!(workers_text(1), "1 worker");
+        assert_eq!(workers_text(2), "2 workers");
+    }
 }

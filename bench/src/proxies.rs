@@ -1,6 +1,7 @@
 //! The HTTP systems `bench l7` and `bench idle` put in front of `tether-echo` backends, the same
-//! way in both: tether and HAProxy with a sticky cookie, one worker each; their configurations,
-//! their commands, and the checks that they answer as they should.
+//! way in both: tether and HAProxy with a sticky cookie, with as many workers as asked (one in
+//! `bench idle`); their configurations, their commands, and the checks that they answer as they
+//! should.
 use crate::built;
 use crate::machine::have_program;
 use anyhow::{bail, Context, Result};
@@ -71,10 +72,13 @@ pub fn tether_config(port: u16, admin: u16, backends: &[SocketAddr], proxy_extra
     )
 }
 
-/// `command` (`tether`, maybe under taskset) running `config` with one worker.
-pub fn tether(command: Command, config: &Path) -> Command {
+/// `command` (`tether`, maybe under taskset) running `config` with `workers` worker threads.
+pub fn tether(command: Command, config: &Path, workers: usize) -> Command {
     let mut command = tether_command(command, config);
-    command.args(["--workers", "1"]).env("RUST_LOG", "warn");
+    command
+        .arg("--workers")
+        .arg(workers.to_string())
+        .env("RUST_LOG", "warn");
     command
 }
 
@@ -82,7 +86,9 @@ pub fn tether(command: Command, config: &Path) -> Command {
 pub struct Haproxy<'a> {
     pub port: u16,
     pub backends: &'a [SocketAddr],
-    /// Indented lines of `global` after `nbthread 1`.
+    /// `nbthread`: HAProxy's worker threads.
+    pub threads: usize,
+    /// Indented lines of `global` after `nbthread N`.
     pub global: &'a str,
     /// Indented `timeout` lines of `defaults` after `timeout connect 5s`.
     pub timeouts: &'a str,
@@ -90,8 +96,8 @@ pub struct Haproxy<'a> {
     pub frontend: &'a str,
 }
 
-/// HAProxy with one thread, round robin over `backends` named `pod-N`, with `cookie SRV insert
-/// indirect nocache` and `http-reuse safe`.
+/// HAProxy with `threads` threads, round robin over `backends` named `pod-N`, with `cookie SRV
+/// insert indirect nocache` and `http-reuse safe`.
 pub fn haproxy_config(haproxy: &Haproxy) -> String {
     let servers: String = haproxy
         .backends
@@ -101,7 +107,7 @@ pub fn haproxy_config(haproxy: &Haproxy) -> String {
         .collect();
     format!(
         "global
-    nbthread 1
+    nbthread {threads}
 {global}
 defaults
     mode http
@@ -116,6 +122,7 @@ backend echo
     cookie {HAPROXY_COOKIE} insert indirect nocache
     http-reuse safe
 {servers}",
+        threads = haproxy.threads,
         global = haproxy.global,
         timeouts = haproxy.timeouts,
         frontend = haproxy.frontend,
@@ -143,6 +150,7 @@ mod tests {
         let text = haproxy_config(&Haproxy {
             port: 9,
             backends: &backends,
+            threads: 1,
             global: "    maxconn 4096\n",
             timeouts: "    timeout client 30s\n",
             frontend: "",
@@ -154,5 +162,14 @@ mod tests {
              default_backend echo\n\nbackend echo\n    balance roundrobin\n    cookie SRV insert \
              indirect nocache\n    http-reuse safe\n    server pod-1 127.0.0.1:1 cookie pod-1\n"
         );
+        let threaded = haproxy_config(&Haproxy {
+            port: 9,
+            backends: &backends,
+            threads: 4,
+            global: "",
+            timeouts: "",
+            frontend: "",
+        });
+        assert!(threaded.starts_with("global\n    nbthread 4\n\n"));
     }
 }
