@@ -90,7 +90,23 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    match head::parse(data, LIMIT) {
+    // The read buffer's parse (fields sharing the buffer) decides exactly as the copying one.
+    let copied = head::parse(data, LIMIT);
+    let mut buffer = bytes::BytesMut::from(data);
+    match (&copied, head::parse_shared(&mut buffer, LIMIT)) {
+        (Ok(Some((parsed, length))), Ok(Some(shared))) => {
+            assert_eq!(buffer.len(), data.len() - length, "the head is split off");
+            assert_eq!(shared.framing, parsed.framing);
+            assert_eq!(shared.keep_alive, parsed.keep_alive);
+            assert_eq!(shared.request.uri(), parsed.request.uri());
+            assert_eq!(shared.request.headers(), parsed.request.headers());
+        }
+        (Ok(None), Ok(None)) => assert_eq!(buffer.len(), data.len()),
+        (Err(a), Err(b)) => assert_eq!(*a, b),
+        (a, b) => panic!("copied {a:?} vs shared {b:?}"),
+    }
+
+    match copied {
         Ok(Some((parsed, length))) => {
             assert!(length <= data.len() && length <= LIMIT);
             let mut longer = data.to_vec();
